@@ -1,0 +1,52 @@
+"""The Celery application: broker and result backend on the same Redis.
+
+``celery -A dispatcher worker`` finds ``dispatcher.app``, built here from the
+environment. Tests and tools build their own with ``make_app(settings)``.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from dispatcher.settings import Settings, get_settings
+
+DISPATCH_TASK = "dispatcher.dispatch"
+
+
+def make_app(settings: Settings | None = None, *, main: bool = False) -> Celery:
+    settings = settings or get_settings()
+    app = Celery("dispatcher", set_as_current=main)
+    pool = settings.concurrency + 16
+    app.conf.update(
+        broker_url=settings.redis_url,
+        result_backend=settings.redis_url,
+        task_default_queue=settings.queue,
+        task_serializer="json",
+        accept_content=["json"],
+        # A job message is acked only when its run ends; a worker that dies
+        # mid-run leaves it unacked, and Redis hands it out again after
+        # visibility_timeout (kept above the longest execution timeout).
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_pool_limit=pool,
+        redis_max_connections=pool,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        worker_send_task_events=True,
+        task_send_sent_event=False,
+        worker_concurrency=settings.concurrency,
+        worker_pool="threads",
+        task_ignore_result=True,
+        result_expires=settings.result_ttl,
+    )
+    app.dispatcher_settings = settings
+
+    from dispatcher.mover import WaitingMover
+    from dispatcher.tasks import register
+
+    register(app)
+    app.steps["worker"].add(WaitingMover)
+    return app

@@ -1,0 +1,181 @@
+"""The ``dispatcher`` command. Exit codes: 0 ok, 1 job failed or not found, 2 bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _client() -> Any:
+    import dispatcher
+
+    return dispatcher.default_client()
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+
+
+def _load_payload(source: str) -> Any:
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text()
+    except OSError as e:
+        raise SystemExit(_usage_error(f"payload: cannot read {source!r}: {e.strerror}"))
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SystemExit(_usage_error(f"payload: {source!r} is not valid JSON: {e}"))
+
+
+def _usage_error(message: str) -> int:
+    print(f"dispatcher: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _job_exit(job: Any) -> int:
+    return EXIT_OK if job.status == "succeeded" else EXIT_JOB_FAILED
+
+
+def cmd_submit(a: argparse.Namespace) -> int:
+    from dispatcher.validation import InvalidJob
+
+    payload = _load_payload(a.payload)
+    try:
+        job_id = _client().submit(
+            a.endpoint, payload, cost=a.cost, path=a.path, max_wait=a.max_wait,
+            timeout=a.timeout, priority=a.priority, job_id=a.job_id,
+        )
+    except InvalidJob as e:
+        return _usage_error(str(e))
+    if not a.wait:
+        print(job_id)
+        return EXIT_OK
+    job = _client().wait(job_id, timeout=a.wait_timeout)
+    _print_json(job.to_dict())
+    return _job_exit(job)
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    job = _client().get_job(a.job_id)
+    view = job.to_dict()
+    view.pop("result", None)
+    _print_json(view)
+    return EXIT_OK if job.known else EXIT_JOB_FAILED
+
+
+def cmd_result(a: argparse.Namespace) -> int:
+    client = _client()
+    job = client.wait(a.job_id, timeout=a.timeout) if a.wait else client.get_job(a.job_id)
+    if job.status == "succeeded":
+        print(job.result if isinstance(job.result, str) else json.dumps(job.result, indent=2))
+        return EXIT_OK
+    print(f"job {job.id} is {job.status}" + (f": {job.error}" if job.error else ""),
+          file=sys.stderr)
+    return EXIT_JOB_FAILED
+
+
+def cmd_cancel(a: argparse.Namespace) -> int:
+    client = _client()
+    code = EXIT_OK
+    for job_id in a.job_ids:
+        if client.cancel(job_id):
+            print(f"{job_id} cancelled")
+        else:
+            job = client.get_job(job_id)
+            print(f"{job_id} not cancelled: it is {job.status}", file=sys.stderr)
+            code = EXIT_JOB_FAILED
+    return code
+
+
+def cmd_worker(a: argparse.Namespace) -> int:
+    import dispatcher
+
+    s = dispatcher.app.dispatcher_settings
+    argv = [
+        "worker", "--pool", "threads", "--concurrency", str(a.concurrency or s.concurrency),
+        "--loglevel", a.loglevel, "--queues", a.queue or s.queue,
+        "--without-mingle", "--without-gossip",
+    ]
+    if a.hostname:
+        argv += ["--hostname", a.hostname]
+    dispatcher.app.worker_main(argv)
+    return EXIT_OK
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from dispatcher.demo import run_demo
+
+    return run_demo(jobs=a.jobs, cold_start=a.cold_start, concurrency=a.concurrency)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dispatcher", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("submit", help="queue a job; prints its id")
+    s.add_argument("endpoint")
+    s.add_argument("payload", help="JSON file with the job's payload, or - for stdin")
+    s.add_argument("--path", required=True, help="worker path, e.g. /v1/completions")
+    s.add_argument("--cost", type=float, default=100.0)
+    s.add_argument("--max-wait", type=float, default=None)
+    s.add_argument("--timeout", type=float, default=None)
+    s.add_argument("--priority", type=int, default=0)
+    s.add_argument("--job-id", default=None, help="idempotency key")
+    s.add_argument("--wait", action="store_true", help="wait and print the finished job")
+    s.add_argument("--wait-timeout", type=float, default=3600.0)
+    s.set_defaults(func=cmd_submit)
+
+    s = sub.add_parser("status", help="print a job's state as JSON")
+    s.add_argument("job_id")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("result", help="print a job's result")
+    s.add_argument("job_id")
+    s.add_argument("--wait", action="store_true")
+    s.add_argument("--timeout", type=float, default=3600.0)
+    s.set_defaults(func=cmd_result)
+
+    s = sub.add_parser("cancel", help="cancel jobs that have not ended")
+    s.add_argument("job_ids", nargs="+")
+    s.set_defaults(func=cmd_cancel)
+
+    s = sub.add_parser("worker", help="run a Celery worker (threads pool)")
+    s.add_argument("--concurrency", type=int, default=None)
+    s.add_argument("--loglevel", default="INFO")
+    s.add_argument("--queue", default=None)
+    s.add_argument("--hostname", default=None)
+    s.set_defaults(func=cmd_worker)
+
+    # Handled in main(): its own options belong to dispatcher.emulator.cli.
+    sub.add_parser("emulator", help="run the local Vast Serverless emulator (--help for options)",
+                   add_help=False)
+
+    s = sub.add_parser("demo", help="run 200 jobs end to end on an embedded Redis and emulator")
+    s.add_argument("--jobs", type=int, default=200)
+    s.add_argument("--cold-start", type=float, default=5.0)
+    s.add_argument("--concurrency", type=int, default=64)
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    if argv and argv[0] == "emulator":
+        from dispatcher.emulator.cli import main as emulator_main
+
+        return emulator_main(argv[1:])
+    a = parser.parse_args(argv)
+    try:
+        return a.func(a)
+    except ValueError as e:  # settings from the environment
+        return _usage_error(str(e))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""One dispatch run of a job: claim -> route -> forward -> store.
+
+A run never sleeps waiting for a GPU. When Vast has no worker for the job, the
+run puts the job back in Redis' waiting set with a due time and returns, so a
+worker thread is busy only while a route call or a GPU call is in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from dispatcher import jobs
+from dispatcher.backoff import poll_delay
+from dispatcher.runtime import Runtime
+from dispatcher.validation import InvalidJob, check_job
+from dispatcher.vast import (
+    Assignment,
+    RouteAuthError,
+    RouteBadAnswer,
+    RouteError,
+    RouteRejected,
+    VastError,
+    WorkerBadAnswer,
+    WorkerRejected,
+    WorkerTimeout,
+    WorkerUnavailable,
+)
+
+log = logging.getLogger("dispatcher.dispatch")
+
+# Slack over the HTTP timeouts before a silent holder's lease is taken over.
+LEASE_SLACK = 30.0
+
+
+class Run:
+    """State of one run over a claimed job; counters are written back at the end."""
+
+    def __init__(self, rt: Runtime, job_id: str, token: str, fields: dict[str, str], now: float):
+        self.rt = rt
+        self.id = job_id
+        self.token = token
+        self.f = fields
+        self.now = now
+        self.route_calls = int(fields.get("route_calls") or 0)
+        self.worker_attempts = int(fields.get("worker_attempts") or 0)
+        self.reroutes = int(fields.get("reroutes") or 0)
+        self.polls = int(fields.get("polls") or 0)
+
+    def counters(self) -> dict[str, Any]:
+        return {
+            "route_calls": self.route_calls,
+            "worker_attempts": self.worker_attempts,
+            "reroutes": self.reroutes,
+            "polls": self.polls,
+        }
+
+    def finish(self, status: str, error: str | None = None, kind: str | None = None,
+               **fields: Any) -> str:
+        if error:
+            fields.update(error=error, error_kind=kind or status)
+        s = self.rt.settings
+        outcome = self.rt.store.finish(self.id, status, s.result_ttl, {**self.counters(), **fields})
+        if outcome == "ok":
+            log.info("job %s %s%s", self.id, status, f" ({kind}): {error}" if error else "")
+            return status
+        log.info("job %s: %s not stored, job already %s", self.id, status, outcome)
+        return outcome
+
+    def wait(self, reason: str, delay: float, **fields: Any) -> str:
+        deadline = float(self.f["created_at"]) + float(self.f["max_wait"])
+        # Never sleep past the deadline: the job must expire on time.
+        delay = max(0.0, min(delay, deadline - self.now))
+        outcome = self.rt.store.schedule(
+            self.id, self.token, delay, {**self.counters(), "wait_reason": reason, **fields}
+        )
+        log.debug("job %s waits %.2fs: %s (%s)", self.id, delay, reason, outcome)
+        return "waiting" if outcome == "ok" else outcome
+
+
+def run_job(rt: Runtime, job_id: str, seq: int) -> str:
+    """Advance a job by one step. Returns what happened, for logs and tests."""
+    s = rt.settings
+    token = uuid.uuid4().hex
+    claim = rt.store.claim(job_id, seq, s.route_timeout + LEASE_SLACK, token)
+    if claim.outcome != "ok":
+        log.debug("job %s seq %s: %s", job_id, seq, claim.outcome)
+        return claim.outcome
+    run = Run(rt, job_id, token, claim.fields, claim.now)
+    try:
+        return _advance(run)
+    except VastError as e:  # a class we did not map: fail clearly rather than loop
+        return run.finish(jobs.FAILED, str(e), type(e).__name__)
+
+
+def _advance(run: Run) -> str:
+    rt, f, s = run.rt, run.f, run.rt.settings
+    try:
+        payload_json = f.get("payload", "")
+        spec = check_job(
+            s,
+            f.get("endpoint"),
+            json.loads(payload_json) if payload_json else None,
+            cost=_number(f, "cost"),
+            path=f.get("path"),
+            max_wait=_number(f, "max_wait"),
+            timeout=_number(f, "timeout"),
+            priority=int(_number(f, "priority") or 0),
+        )
+    except (InvalidJob, ValueError) as e:
+        return run.finish(jobs.FAILED, f"invalid job: {e}", "invalid_input")
+
+    deadline = float(f["created_at"]) + spec.max_wait
+    if run.now >= deadline:
+        last = f.get("wait_reason") or "never routed"
+        return run.finish(
+            jobs.EXPIRED,
+            f"no worker within max_wait={spec.max_wait:g}s; last route status: {last}",
+            "expired",
+        )
+
+    # 1. Route: ask Vast for a GPU worker.
+    request_idx = int(f["request_idx"]) if f.get("request_idx") else None
+    run.route_calls += 1
+    try:
+        answer = rt.vast.route(spec.endpoint, spec.cost, request_idx)
+    except (RouteAuthError, RouteRejected, RouteBadAnswer) as e:
+        return run.finish(jobs.FAILED, str(e), _kind(e))
+    except RouteError as e:  # 429, 5xx, connection trouble: a delay, not a failure
+        run.polls += 1
+        return run.wait(str(e), _poll_delay(run, s))
+
+    if not isinstance(answer, Assignment):
+        run.polls += 1
+        idx = answer.request_idx if answer.request_idx is not None else request_idx
+        return run.wait(
+            f"no worker available: {answer.status}", _poll_delay(run, s),
+            request_idx=idx if idx is not None else "",
+        )
+
+    # 2. Forward: the assignment is for this job and this attempt only.
+    run.worker_attempts += 1
+    run.polls = 0
+    lease = spec.timeout + s.route_timeout + LEASE_SLACK
+    marked = rt.store.mark_running(
+        run.id, run.token, lease,
+        {"worker_url": answer.url, "request_idx": answer.request_idx, **run.counters()},
+    )
+    if not marked:
+        log.info("job %s was cancelled or taken over before the GPU call", run.id)
+        return "dropped"
+    started = time.monotonic()
+    try:
+        resp = rt.vast.call_worker(answer, spec.path, json.loads(payload_json), spec.timeout)
+    except WorkerUnavailable as e:
+        run.reroutes += 1
+        if run.reroutes > s.max_reroutes:
+            return run.finish(
+                jobs.FAILED,
+                f"worker failed {run.reroutes} times, re-routes spent; last answer: {e}",
+                "worker_failed", worker_status=e.status,
+            )
+        delay = poll_delay(run.reroutes - 1, s.poll_base, s.poll_cap)
+        return run.wait(f"re-routing ({run.reroutes}/{s.max_reroutes}) after {e}", delay,
+                        worker_status=e.status, request_idx="")
+    except (WorkerTimeout, WorkerRejected, WorkerBadAnswer) as e:
+        return run.finish(jobs.FAILED, str(e), _kind(e), worker_status=e.status)
+
+    # 3. Store: first terminal write wins.
+    is_json = not isinstance(resp.body, str)
+    log.debug("job %s GPU call took %.3fs", run.id, time.monotonic() - started)
+    return run.finish(
+        jobs.SUCCEEDED,
+        worker_status=resp.status,
+        result=json.dumps(resp.body, separators=(",", ":")) if is_json else resp.body,
+        result_type="json" if is_json else "text",
+    )
+
+
+def _poll_delay(run: Run, s: Any) -> float:
+    return poll_delay(max(0, run.polls - 1), s.poll_base, s.poll_cap)
+
+
+def _number(f: dict[str, str], name: str) -> float | None:
+    raw = f.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise InvalidJob(name, f"stored value {raw!r} is not a number") from None
+
+
+_KINDS = {
+    RouteAuthError: "route_auth",
+    RouteRejected: "route_rejected",
+    RouteBadAnswer: "route_bad_answer",
+    WorkerTimeout: "worker_timeout",
+    WorkerRejected: "worker_rejected",
+    WorkerBadAnswer: "worker_bad_answer",
+}
+
+
+def _kind(e: Exception) -> str:
+    return next((k for cls, k in _KINDS.items() if isinstance(e, cls)), type(e).__name__)

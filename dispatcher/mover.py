@@ -1,0 +1,84 @@
+"""Moves due jobs from Redis' waiting set back to the Celery queue.
+
+Every worker process runs one mover thread (a worker bootstep). Movers need no
+leader: the Lua script hands each due job to exactly one of them, and a job
+whose publish fails is due again after the publish grace.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from celery import Celery, bootsteps
+
+from dispatcher.celery_app import DISPATCH_TASK
+from dispatcher.runtime import runtime_for
+
+log = logging.getLogger("dispatcher.mover")
+
+BATCH = 500
+
+
+class Mover:
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+        self.rt = runtime_for(app)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="dispatcher-mover", daemon=True)
+        self.moved = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def tick(self) -> int:
+        """Publish one batch of due jobs; returns how many."""
+        s = self.rt.settings
+        due = self.rt.store.move_due(BATCH, s.publish_grace)
+        if not due:
+            return 0
+        with self.app.producer_or_acquire() as producer:
+            for job_id, seq in due:
+                self.app.send_task(
+                    DISPATCH_TASK, args=[job_id, seq], queue=s.queue, producer=producer
+                )
+        self.moved += len(due)
+        return len(due)
+
+    def _loop(self) -> None:
+        interval = self.rt.settings.mover_interval
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                n = self.tick()
+                failures = 0
+            except Exception as e:  # Redis restarting, broker down: try again shortly
+                failures += 1
+                n = 0
+                log.warning("mover: %s: %s (retrying)", type(e).__name__, e)
+            if n < BATCH:
+                self._stop.wait(min(5.0, interval * (2**failures)) if failures else interval)
+
+
+class WaitingMover(bootsteps.StartStopStep):
+    """Worker bootstep: a mover thread for as long as the worker runs."""
+
+    label = "dispatcher waiting-set mover"
+
+    def __init__(self, worker, **kwargs) -> None:  # noqa: ANN001
+        self.mover: Mover | None = None
+
+    def start(self, worker) -> None:  # noqa: ANN001
+        self.mover = Mover(worker.app)
+        self.mover.start()
+
+    def stop(self, worker) -> None:  # noqa: ANN001
+        if self.mover is not None:
+            self.mover.stop()
+
+    shutdown = stop

@@ -1,0 +1,122 @@
+"""Input checks for a job. Each failure names the field and the reason.
+
+The same checks run at submit (to refuse bad input at once) and again when a
+worker picks the job up (a record written by anything else is not trusted).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from dispatcher.settings import Settings
+
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+
+
+class InvalidJob(ValueError):
+    """Bad job input. ``field`` names the offending field."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    endpoint: str
+    payload_json: str
+    cost: float
+    path: str
+    max_wait: float
+    timeout: float
+    priority: int
+
+
+def check_endpoint(endpoint: Any) -> str:
+    if not isinstance(endpoint, str) or not endpoint.strip():
+        raise InvalidJob("endpoint", "must be a non-empty string (the Vast endpoint name)")
+    if endpoint != endpoint.strip():
+        raise InvalidJob("endpoint", "must not start or end with whitespace")
+    return endpoint
+
+
+def check_cost(cost: Any) -> float:
+    if isinstance(cost, bool) or not isinstance(cost, int | float):
+        raise InvalidJob("cost", f"must be a number, got {type(cost).__name__}")
+    if math.isnan(cost) or math.isinf(cost):
+        raise InvalidJob("cost", "must be a finite number")
+    if cost < 0:
+        raise InvalidJob("cost", f"must be >= 0, got {cost}")
+    return float(cost)
+
+
+def check_path(path: Any) -> str:
+    if not isinstance(path, str) or not path:
+        raise InvalidJob("path", "must be a non-empty string such as '/v1/completions'")
+    if "://" in path or not path.startswith("/"):
+        raise InvalidJob("path", f"must start with '/' and hold no scheme or host, got {path!r}")
+    if any(c.isspace() for c in path):
+        raise InvalidJob("path", "must not contain whitespace")
+    return path
+
+
+def check_seconds(field: str, value: Any, upper: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidJob(field, f"must be a number of seconds, got {type(value).__name__}")
+    if math.isnan(value) or value <= 0:
+        raise InvalidJob(field, f"must be > 0 seconds, got {value}")
+    if upper is not None and value > upper:
+        raise InvalidJob(field, f"must be <= {upper:g} seconds (the configured maximum)")
+    return float(value)
+
+
+def check_priority(priority: Any) -> int:
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
+        raise InvalidJob("priority", f"must be an integer from 0 to 9, got {priority!r}")
+    return priority
+
+
+def check_job_id(job_id: Any) -> str:
+    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
+        raise InvalidJob(
+            "job_id", "must be 1-128 characters of letters, digits, '_', '-', '.', ':'"
+        )
+    return job_id
+
+
+def encode_payload(payload: Any, limit: int) -> str:
+    try:
+        text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise InvalidJob("payload", f"must be JSON-serialisable: {e}") from None
+    size = len(text.encode())
+    if size > limit:
+        raise InvalidJob("payload", f"is {size} bytes, over the limit of {limit} bytes")
+    return text
+
+
+def check_job(
+    settings: Settings,
+    endpoint: Any,
+    payload: Any,
+    *,
+    cost: Any,
+    path: Any,
+    max_wait: Any,
+    timeout: Any,
+    priority: Any = 0,
+) -> JobSpec:
+    return JobSpec(
+        endpoint=check_endpoint(endpoint),
+        payload_json=encode_payload(payload, settings.max_payload_bytes),
+        cost=check_cost(cost),
+        path=check_path(path),
+        max_wait=check_seconds("max_wait", max_wait),
+        timeout=check_seconds("timeout", timeout, settings.max_timeout),
+        priority=check_priority(priority),
+    )
