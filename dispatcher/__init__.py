@@ -10,31 +10,59 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dispatcher.celery_app import make_app
-from dispatcher.client import Client, WaitTimeout
 from dispatcher.jobs import STATUSES, Job
 from dispatcher.settings import Settings, get_settings
 from dispatcher.validation import InvalidJob
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from dispatcher.client import Client, WaitTimeout
 
 __all__ = [
     "STATUSES", "Client", "InvalidJob", "Job", "Settings", "WaitTimeout", "app",
     "cancel", "get_job", "submit", "wait",
 ]
 
-app = make_app(get_settings(), main=True)
-
+_app: Celery | None = None
 _default: Client | None = None
-_default_lock = threading.Lock()
+_lock = threading.RLock()
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that importing a submodule does not build a Celery app.
+    if name == "app":
+        return get_app()
+    if name in ("Client", "WaitTimeout"):
+        from dispatcher import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'dispatcher' has no attribute {name!r}")
+
+
+def get_app() -> Celery:
+    """The Celery app built from the environment; ``celery -A dispatcher`` uses it."""
+    global _app
+    if _app is None:
+        with _lock:
+            if _app is None:
+                from dispatcher.celery_app import make_app
+
+                _app = make_app(get_settings(), main=True)
+    return _app
 
 
 def default_client() -> Client:
     """The client built from the environment (REDIS_URL, DISPATCHER_*), made on first use."""
     global _default
     if _default is None:
-        with _default_lock:
+        with _lock:
             if _default is None:
+                from dispatcher.client import Client
+
+                app = get_app()
                 _default = Client(app.dispatcher_settings, app)
     return _default
 

@@ -1,0 +1,103 @@
+"""Unit tests of the job state transitions (the Lua scripts), on fakeredis."""
+
+from __future__ import annotations
+
+import fakeredis
+import pytest
+
+from dispatcher import jobs
+from dispatcher.store import Store
+
+
+@pytest.fixture
+def store() -> Store:
+    return Store(fakeredis.FakeRedis(decode_responses=True), "q")
+
+
+def new_job(store: Store, job_id: str = "j1", grace: float = 60.0) -> None:
+    fields = {"id": job_id, "status": jobs.QUEUED, "endpoint": "e", "cost": 1.0, "path": "/x",
+              "payload": "{}", "max_wait": 10.0, "timeout": 5.0, "priority": 0}
+    assert store.create(job_id, fields, grace)
+
+
+def test_create_is_idempotent_and_enters_safety_net(store: Store) -> None:
+    new_job(store)
+    assert not store.create("j1", {"status": "queued", "endpoint": "other"}, 60)
+    job = store.get("j1")
+    assert job.status == "queued" and job.endpoint == "e" and job.created_at
+    score = store.redis.zscore(store.waiting, "j1")
+    assert score == pytest.approx(job.created_at + 60, abs=1)
+
+
+def test_unknown_job(store: Store) -> None:
+    job = store.get("nope")
+    assert job.status == "unknown" and not job.known
+    assert store.claim("nope", 0, 30, "t").outcome == "unknown"
+    assert store.finish("nope", "failed", 60, {}) == "unknown"
+    assert not store.redis.exists("dispatcher:job:nope")
+
+
+def test_claim_leases_and_rejects_second_holder(store: Store) -> None:
+    new_job(store)
+    c = store.claim("j1", 0, 30, "a")
+    assert c.outcome == "ok" and c.fields["endpoint"] == "e" and c.fields["attempts"] == "1"
+    # Still in the waiting set, due when the lease ends: a dead holder is recovered.
+    assert store.redis.zscore(store.waiting, "j1") == pytest.approx(c.now + 30, abs=0.01)
+    assert store.claim("j1", 0, 30, "b").outcome == "busy"
+    assert store.claim("j1", 7, 30, "b").outcome == "stale"
+
+
+def test_expired_lease_can_be_taken_over(store: Store) -> None:
+    new_job(store)
+    assert store.claim("j1", 0, 0.0, "a").outcome == "ok"
+    assert store.claim("j1", 0, 30, "b").outcome == "ok"
+    # The old holder lost the job: its writes are refused.
+    assert store.schedule("j1", "a", 1.0, {}) == "lost"
+    assert not store.mark_running("j1", "a", 30, {})
+
+
+def test_schedule_bumps_seq_and_makes_old_messages_stale(store: Store) -> None:
+    new_job(store)
+    store.claim("j1", 0, 30, "a")
+    assert store.schedule("j1", "a", 2.0, {"wait_reason": "no worker", "request_idx": 5}) == "ok"
+    job = store.get("j1")
+    assert job.status == "waiting" and job.wait_reason == "no worker" and job.request_idx == 5
+    assert store.claim("j1", 0, 30, "b").outcome == "stale"
+    assert store.redis.hget("dispatcher:job:j1", "seq") == "1"
+    assert store.redis.zscore(store.waiting, "j1") == pytest.approx(job.next_poll_at, abs=0.01)
+
+
+def test_move_due_hands_out_each_due_job_once(store: Store) -> None:
+    new_job(store, "a", grace=0)
+    new_job(store, "b", grace=0)
+    new_job(store, "later", grace=100)
+    moved = dict(store.move_due(10, grace=60))
+    assert moved == {"a": 0, "b": 0}
+    assert store.move_due(10, grace=60) == []  # due again only after the grace
+    store.redis.zadd(store.waiting, {"ghost": 0})
+    assert store.move_due(10, grace=60) == []
+    assert store.redis.zscore(store.waiting, "ghost") is None
+
+
+def test_first_terminal_write_wins(store: Store) -> None:
+    new_job(store)
+    store.claim("j1", 0, 30, "a")
+    assert store.mark_running("j1", "a", 60, {"worker_url": "http://w"})
+    assert store.get("j1").status == "running"
+    assert store.finish("j1", "succeeded", 60, {"result": '{"x":1}', "result_type": "json"}) == "ok"
+    assert store.finish("j1", "failed", 60, {"error": "late"}) == "succeeded"
+    job = store.get("j1")
+    assert job.status == "succeeded" and job.result == {"x": 1} and job.error is None
+    assert store.redis.zscore(store.waiting, "j1") is None
+    assert 0 < store.redis.ttl("dispatcher:job:j1") <= 60
+    assert store.claim("j1", 0, 30, "b").outcome == "done"
+
+
+def test_cancel_stops_a_waiting_job(store: Store) -> None:
+    new_job(store)
+    store.claim("j1", 0, 30, "a")
+    store.schedule("j1", "a", 5.0, {})
+    assert store.finish("j1", "cancelled", 60, {"error": "cancelled by request"}) == "ok"
+    assert store.redis.zscore(store.waiting, "j1") is None
+    assert store.claim("j1", 1, 30, "b").outcome == "done"
+    assert not store.mark_running("j1", "a", 30, {})
