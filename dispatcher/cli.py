@@ -25,11 +25,11 @@ def _load_payload(source: str) -> Any:
     try:
         text = sys.stdin.read() if source == "-" else Path(source).read_text()
     except OSError as e:
-        raise SystemExit(_usage_error(f"payload: cannot read {source!r}: {e.strerror}"))
+        raise SystemExit(_usage_error(f"payload: cannot read {source!r}: {e.strerror}")) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise SystemExit(_usage_error(f"payload: {source!r} is not valid JSON: {e}"))
+        raise SystemExit(_usage_error(f"payload: {source!r} is not valid JSON: {e}")) from None
 
 
 def _usage_error(message: str) -> int:
