@@ -13,6 +13,11 @@ from dispatcher.settings import Settings, get_settings
 DISPATCH_TASK = "dispatcher.dispatch"
 
 
+def broker_priority(priority: int) -> int:
+    """Our priority 9 is the most urgent; kombu's Redis transport serves 0 first."""
+    return 9 - priority
+
+
 def make_app(settings: Settings | None = None, *, main: bool = False) -> Celery:
     settings = settings or get_settings()
     app = Celery("dispatcher", set_as_current=main)
@@ -29,7 +34,13 @@ def make_app(settings: Settings | None = None, *, main: bool = False) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        # One Redis list per priority level, served most urgent first.
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout,
+            "priority_steps": list(range(10)),
+            "sep": ":",
+            "queue_order_strategy": "priority",
+        },
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
         broker_pool_limit=pool,
         redis_max_connections=pool,

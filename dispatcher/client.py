@@ -10,7 +10,7 @@ from typing import Any
 from celery import Celery
 
 from dispatcher import jobs
-from dispatcher.celery_app import DISPATCH_TASK, make_app
+from dispatcher.celery_app import DISPATCH_TASK, broker_priority, make_app
 from dispatcher.jobs import Job
 from dispatcher.settings import Settings, get_settings
 from dispatcher.store import Store, connect
@@ -72,7 +72,8 @@ class Client:
         if not self.store.create(job_id, fields, s.publish_grace):
             return job_id  # already submitted: same job, never a second run
         try:
-            self.app.send_task(DISPATCH_TASK, args=[job_id, 0], queue=s.queue)
+            self.app.send_task(DISPATCH_TASK, args=[job_id, 0], queue=s.queue,
+                               priority=broker_priority(spec.priority))
         except Exception as e:
             # The job is safe in Redis: the waiting set republishes it after the grace.
             log.warning("job %s stored but not published yet (%s); a worker will pick it up",

@@ -12,7 +12,7 @@ import threading
 
 from celery import Celery, bootsteps
 
-from dispatcher.celery_app import DISPATCH_TASK
+from dispatcher.celery_app import DISPATCH_TASK, broker_priority
 from dispatcher.runtime import runtime_for
 
 log = logging.getLogger("dispatcher.mover")
@@ -43,9 +43,10 @@ class Mover:
         if not due:
             return 0
         with self.app.producer_or_acquire() as producer:
-            for job_id, seq in due:
+            for job_id, seq, priority in due:
                 self.app.send_task(
-                    DISPATCH_TASK, args=[job_id, seq], queue=s.queue, producer=producer
+                    DISPATCH_TASK, args=[job_id, seq], queue=s.queue, producer=producer,
+                    priority=broker_priority(priority),
                 )
         self.moved += len(due)
         return len(due)

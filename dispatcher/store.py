@@ -14,7 +14,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from dispatcher.jobs import JOB_PREFIX, Job, job_key, waiting_key
+from dispatcher.jobs import JOB_PREFIX, KEY_PREFIX, Job, job_key, waiting_key
 
 # Long enough to ride out a Redis restart (AOF reload) without failing a job.
 REDIS_RETRIES = 40
@@ -93,12 +93,18 @@ class Store:
         args = [job_id, status, ttl, *_flatten(fields)]
         return self._finish(keys=[job_key(job_id), self.waiting], args=args)
 
-    def move_due(self, limit: int, grace: float) -> list[tuple[str, int]]:
+    def move_due(self, limit: int, grace: float) -> list[tuple[str, int, int]]:
+        """Due jobs as (job_id, seq, priority)."""
         raw = self._move_due(keys=[self.waiting], args=[limit, grace, JOB_PREFIX])
-        return [(raw[i], int(raw[i + 1])) for i in range(0, len(raw), 2)]
+        return [(raw[i], int(raw[i + 1]), int(raw[i + 2] or 0)) for i in range(0, len(raw), 3)]
 
     def get(self, job_id: str) -> Job:
         return Job.from_hash(job_id, self.redis.hgetall(job_key(job_id)))
+
+    def counts(self, endpoint: str) -> dict[str, int]:
+        """Jobs now queued/waiting/running, and totals that ended each way."""
+        raw = self.redis.hgetall(f"{KEY_PREFIX}counts:{endpoint}")
+        return {k: int(v) for k, v in raw.items()}
 
     def waiting_count(self) -> int:
         return self.redis.zcard(self.waiting)

@@ -71,8 +71,8 @@ def test_move_due_hands_out_each_due_job_once(store: Store) -> None:
     new_job(store, "a", grace=0)
     new_job(store, "b", grace=0)
     new_job(store, "later", grace=100)
-    moved = dict(store.move_due(10, grace=60))
-    assert moved == {"a": 0, "b": 0}
+    moved = {job_id: (seq, prio) for job_id, seq, prio in store.move_due(10, grace=60)}
+    assert moved == {"a": (0, 0), "b": (0, 0)}
     assert store.move_due(10, grace=60) == []  # due again only after the grace
     store.redis.zadd(store.waiting, {"ghost": 0})
     assert store.move_due(10, grace=60) == []
@@ -101,3 +101,21 @@ def test_cancel_stops_a_waiting_job(store: Store) -> None:
     assert store.redis.zscore(store.waiting, "j1") is None
     assert store.claim("j1", 1, 30, "b").outcome == "done"
     assert not store.mark_running("j1", "a", 30, {})
+
+
+def test_counts_follow_every_transition(store: Store) -> None:
+    new_job(store, "a")
+    new_job(store, "b")
+    new_job(store, "c")
+    assert store.counts("e") == {"queued": 3}
+    store.claim("a", 0, 30, "t")
+    store.schedule("a", "t", 1.0, {})
+    store.claim("b", 0, 30, "t")
+    store.mark_running("b", "t", 30, {})
+    assert store.counts("e") == {"queued": 1, "waiting": 1, "running": 1}
+    store.finish("b", "succeeded", 60, {})
+    store.finish("b", "failed", 60, {})  # ignored: first write wins, counted once
+    store.finish("a", "cancelled", 60, {})
+    store.finish("c", "expired", 60, {})
+    assert store.counts("e") == {"queued": 0, "waiting": 0, "running": 0, "succeeded": 1,
+                                 "cancelled": 1, "expired": 1}

@@ -12,4 +12,5 @@ redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', fmt(now()), unpack
 redis.call('HDEL', KEYS[1], 'lease_until', 'lease_token', 'next_poll_at')
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+count_move(KEYS[1], st, ARGV[2])
 return 'ok'

@@ -14,4 +14,5 @@ redis.call('HSET', KEYS[1], 'status', 'running', 'assigned_at', fmt(t),
   'lease_until', fmt(until_), unpack(ARGV, 4))
 redis.call('HDEL', KEYS[1], 'next_poll_at')
 redis.call('ZADD', KEYS[2], until_, ARGV[1])
+count_move(KEYS[1], st, 'running')
 return 1

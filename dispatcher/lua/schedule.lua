@@ -16,4 +16,5 @@ redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('HSET', KEYS[1], 'status', 'waiting', 'next_poll_at', fmt(due), unpack(ARGV, 4))
 redis.call('HDEL', KEYS[1], 'lease_until', 'lease_token')
 redis.call('ZADD', KEYS[2], due, ARGV[1])
+count_move(KEYS[1], st, 'waiting')
 return 'ok'

@@ -1,0 +1,52 @@
+"""docker-compose.yml cannot run here (no Docker engine): check it parses and agrees with the Procfile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def procfile() -> dict[str, str]:
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    return dict(line.split(": ", 1) for line in lines if line.strip())
+
+
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def command_of(service: dict) -> str:
+    cmd = service["command"]
+    return cmd[-1] if isinstance(cmd, list) else cmd
+
+
+def test_compose_has_redis_with_aof_a_worker_and_the_emulator() -> None:
+    services = compose()["services"]
+    assert set(services) >= {"redis", "worker", "emulator"}
+    redis_cmd = services["redis"]["command"]
+    assert redis_cmd[redis_cmd.index("--appendonly") + 1] == "yes"
+    env = services["worker"]["environment"]
+    assert env["REDIS_URL"].startswith("redis://redis:")
+    assert env["VAST_ROUTE_URL"].endswith("/route/")
+
+
+def test_compose_commands_match_the_procfile() -> None:
+    services = compose()["services"]
+    procs = procfile()
+    assert procs["worker"] == "dispatcher worker"
+    assert command_of(services["worker"]).endswith("exec " + procs["worker"])
+    emulator_cmd = command_of(services["emulator"])
+    assert "exec dispatcher emulator" in emulator_cmd
+    assert procs["emulator"].startswith("dispatcher emulator")
+    assert "--port 8081" in emulator_cmd and "--port 8081" in procs["emulator"]
+
+
+def test_procfile_commands_exist_in_the_cli() -> None:
+    from dispatcher.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for command in procfile().values():
+        assert command.split()[1] in sub.choices
