@@ -99,11 +99,11 @@ def run_job(rt: Runtime, job_id: str, seq: int) -> str:
 def _advance(run: Run) -> str:
     rt, f, s = run.rt, run.f, run.rt.settings
     try:
-        payload_json = f.get("payload", "")
         spec = check_job(
             s,
             f.get("endpoint"),
-            json.loads(payload_json) if payload_json else None,
+            None,
+            check_payload=False,  # checked at submit; read only once a GPU is assigned
             cost=_number(f, "cost"),
             path=f.get("path"),
             max_wait=_number(f, "max_wait"),
@@ -145,16 +145,21 @@ def _advance(run: Run) -> str:
     run.worker_attempts += 1
     run.polls = 0
     lease = spec.timeout + s.route_timeout + LEASE_SLACK
-    marked = rt.store.mark_running(
+    payload_json = rt.store.mark_running(
         run.id, run.token, lease,
         {"worker_url": answer.url, "request_idx": answer.request_idx, **run.counters()},
     )
-    if not marked:
+    if payload_json is None:
         log.info("job %s was cancelled or taken over before the GPU call", run.id)
         return "dropped"
+    try:
+        payload = json.loads(payload_json)
+    except ValueError as e:
+        return run.finish(jobs.FAILED, f"invalid job: payload: stored JSON is unreadable: {e}",
+                          "invalid_input")
     started = time.monotonic()
     try:
-        resp = rt.vast.call_worker(answer, spec.path, json.loads(payload_json), spec.timeout)
+        resp = rt.vast.call_worker(answer, spec.path, payload, spec.timeout)
     except WorkerUnavailable as e:
         run.reroutes += 1
         if run.reroutes > s.max_reroutes:

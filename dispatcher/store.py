@@ -81,9 +81,12 @@ class Store:
         it = iter(raw[2:])
         return Claim(raw[0], float(raw[1]), dict(zip(it, it, strict=True)))
 
-    def mark_running(self, job_id: str, token: str, lease: float, fields: dict[str, Any]) -> bool:
+    def mark_running(
+        self, job_id: str, token: str, lease: float, fields: dict[str, Any]
+    ) -> str | None:
+        """Returns the job's payload JSON, or None if it was cancelled or taken over."""
         args = [job_id, token, lease, *_flatten(fields)]
-        return bool(self._mark_running(keys=[job_key(job_id), self.waiting], args=args))
+        return self._mark_running(keys=[job_key(job_id), self.waiting], args=args)
 
     def schedule(self, job_id: str, token: str, delay: float, fields: dict[str, Any]) -> str:
         args = [job_id, token, max(0.0, delay), *_flatten(fields)]

@@ -29,7 +29,7 @@ class InvalidJob(ValueError):
 @dataclass(frozen=True)
 class JobSpec:
     endpoint: str
-    payload_json: str
+    payload_json: str | None
     cost: float
     path: str
     max_wait: float
@@ -110,10 +110,11 @@ def check_job(
     max_wait: Any,
     timeout: Any,
     priority: Any = 0,
+    check_payload: bool = True,
 ) -> JobSpec:
     return JobSpec(
         endpoint=check_endpoint(endpoint),
-        payload_json=encode_payload(payload, settings.max_payload_bytes),
+        payload_json=encode_payload(payload, settings.max_payload_bytes) if check_payload else None,
         cost=check_cost(cost),
         path=check_path(path),
         max_wait=check_seconds("max_wait", max_wait),

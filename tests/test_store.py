@@ -41,6 +41,7 @@ def test_claim_leases_and_rejects_second_holder(store: Store) -> None:
     new_job(store)
     c = store.claim("j1", 0, 30, "a")
     assert c.outcome == "ok" and c.fields["endpoint"] == "e" and c.fields["attempts"] == "1"
+    assert "payload" not in c.fields  # fetched only when a GPU is assigned
     # Still in the waiting set, due when the lease ends: a dead holder is recovered.
     assert store.redis.zscore(store.waiting, "j1") == pytest.approx(c.now + 30, abs=0.01)
     assert store.claim("j1", 0, 30, "b").outcome == "busy"
@@ -82,7 +83,7 @@ def test_move_due_hands_out_each_due_job_once(store: Store) -> None:
 def test_first_terminal_write_wins(store: Store) -> None:
     new_job(store)
     store.claim("j1", 0, 30, "a")
-    assert store.mark_running("j1", "a", 60, {"worker_url": "http://w"})
+    assert store.mark_running("j1", "a", 60, {"worker_url": "http://w"}) == "{}"
     assert store.get("j1").status == "running"
     assert store.finish("j1", "succeeded", 60, {"result": '{"x":1}', "result_type": "json"}) == "ok"
     assert store.finish("j1", "failed", 60, {"error": "late"}) == "succeeded"
