@@ -37,6 +37,10 @@ def make_app(settings: Settings | None = None, *, main: bool = False) -> Celery:
         # One Redis list per priority level, served most urgent first.
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout,
+            # kombu sweeps for expired unacked messages every interval x throttle
+            # seconds (100 s by default): keep the sweep well under the timeout.
+            "unacked_restore_interval": max(1, min(30, int(settings.visibility_timeout / 20))),
+            "unacked_restore_throttle": 1,
             "priority_steps": list(range(10)),
             "sep": ":",
             "queue_order_strategy": "priority",

@@ -33,7 +33,7 @@ from dispatcher.vast import (
 log = logging.getLogger("dispatcher.dispatch")
 
 # Slack over the HTTP timeouts before a silent holder's lease is taken over.
-LEASE_SLACK = 30.0
+LEASE_SLACK = 10.0
 
 
 class Run:

@@ -1,4 +1,4 @@
-"""docker-compose.yml cannot run here (no Docker engine): check it parses and agrees with the Procfile."""
+"""docker-compose.yml cannot run here (no Docker engine): it parses and matches the Procfile."""
 
 from __future__ import annotations
 
