@@ -1,0 +1,174 @@
+"""A small cluster of real processes for fault tests, and the per-scenario count report.
+
+Redis (AOF on where asked), the emulator and the Celery workers are separate
+processes, so a test can SIGKILL or restart any of them.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from dispatcher.client import Client
+from dispatcher.jobs import TERMINAL, Job, job_key
+from dispatcher.procs import Child, EmulatorProcess, wait_for_worker, worker_process
+from dispatcher.redis_server import RedisServer
+from dispatcher.settings import Settings
+
+API_KEY = "fault-suite-key-5b3c1e"
+
+FAST_POLLING = {
+    "DISPATCHER_POLL_BASE": "0.2",
+    "DISPATCHER_POLL_CAP": "1.0",
+    "DISPATCHER_MOVER_INTERVAL": "0.05",
+    "VAST_ROUTE_TIMEOUT": "5",
+}
+
+REPORTS: list[Report] = []
+
+
+@dataclass
+class Report:
+    scenario: str
+    submitted: int = 0
+    succeeded: int = 0
+    failed: dict[str, int] = field(default_factory=dict)
+    expired: int = 0
+    cancelled: int = 0
+    lost: int = 0
+    wrong_results: int = 0
+    duplicate_gpu: int = 0
+    route_calls_per_job: float = 0.0
+    notes: str = ""
+
+    def failed_total(self) -> int:
+        return sum(self.failed.values())
+
+
+class Cluster:
+    def __init__(self, endpoints: dict[str, dict[str, Any]], *, aof: bool = False,
+                 env: dict[str, str] | None = None, emulator: dict[str, Any] | None = None):
+        self.redis = RedisServer(aof=aof)
+        self.emulator_config = {"api_key": API_KEY, "seed": 11, "endpoints": endpoints,
+                                **(emulator or {})}
+        self.extra_env = env or {}
+        self.emulator: EmulatorProcess | None = None
+        self.workers: list[Child] = []
+        self.client: Client | None = None
+        self.payloads: dict[str, dict[str, Any]] = {}
+
+    @property
+    def env(self) -> dict[str, str]:
+        assert self.emulator is not None
+        return {
+            **FAST_POLLING,
+            "REDIS_URL": self.redis.url,
+            "VAST_API_KEY": API_KEY,
+            "VAST_ROUTE_URL": self.emulator.route_url,
+            **self.extra_env,
+        }
+
+    def start(self, workers: int = 1, concurrency: int = 64) -> Cluster:
+        self.redis.start()
+        self.emulator = EmulatorProcess(self.emulator_config).start()
+        for _ in range(workers):
+            self.add_worker(concurrency)
+        self.client = Client(Settings.from_env(self.env))
+        return self
+
+    def add_worker(self, concurrency: int = 64, loglevel: str = "INFO",
+                   env: dict[str, str] | None = None) -> Child:
+        child = worker_process({**self.env, **(env or {})}, concurrency=concurrency,
+                               name=f"worker{len(self.workers)}", loglevel=loglevel)
+        child.start()
+        wait_for_worker(self.redis.url, child)
+        self.workers.append(child)
+        return child
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.kill()
+        if self.emulator:
+            self.emulator.stop()
+        if self.client:
+            self.client.close()
+        self.redis.close()
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- jobs ----------------------------------------------------------------------
+
+    def submit_many(self, endpoint: str, n: int, **options: Any) -> list[str]:
+        assert self.client is not None
+        options.setdefault("path", "/generate")
+        ids = []
+        for _ in range(n):
+            p = {"id": uuid.uuid4().hex, "prompt": "fault"}
+            job_id = self.client.submit(endpoint, p, **options)
+            self.payloads[job_id] = p
+            ids.append(job_id)
+        return ids
+
+    def statuses(self, ids: list[str]) -> list[str | None]:
+        assert self.client is not None
+        pipe = self.client.store.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hget(job_key(job_id), "status")
+        return pipe.execute()
+
+    def wait_until(self, ids: list[str], timeout: float, done: set[str] = TERMINAL
+                   ) -> dict[str, Job]:
+        """Wait until every job is in ``done`` (or time runs out), then read them all."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(s in done for s in self.statuses(ids)):
+                break
+            time.sleep(0.25)
+        assert self.client is not None
+        return {i: self.client.get_job(i) for i in ids}
+
+    def report(self, scenario: str, jobs: dict[str, Job], notes: str = "") -> Report:
+        assert self.emulator is not None
+        execs = self.emulator.stats()["executions_by_payload"]
+        r = Report(scenario, submitted=len(jobs), notes=notes)
+        for job_id, job in jobs.items():
+            p = self.payloads[job_id]
+            if job.status == "succeeded":
+                r.succeeded += 1
+                if not isinstance(job.result, dict) or job.result.get("payload") != p:
+                    r.wrong_results += 1
+            elif job.status == "failed":
+                r.failed[job.error_kind or "?"] = r.failed.get(job.error_kind or "?", 0) + 1
+            elif job.status == "expired":
+                r.expired += 1
+            elif job.status == "cancelled":
+                r.cancelled += 1
+            else:
+                r.lost += 1  # unknown, or stuck in a live state past the deadline
+            r.duplicate_gpu += max(0, execs.get(p["id"], 0) - 1)
+        calls = [j.route_calls for j in jobs.values()]
+        r.route_calls_per_job = sum(calls) / max(1, len(calls))
+        REPORTS.append(r)
+        return r
+
+
+def format_reports(reports: list[Report]) -> str:
+    head = ("scenario", "submitted", "succeeded", "failed (reason)", "expired", "lost",
+            "wrong result", "dup GPU runs", "route calls/job")
+    rows = [head]
+    for r in reports:
+        failed = ", ".join(f"{k}={v}" for k, v in sorted(r.failed.items())) or "0"
+        rows.append((r.scenario, str(r.submitted), str(r.succeeded), failed, str(r.expired),
+                     str(r.lost), str(r.wrong_results), str(r.duplicate_gpu),
+                     f"{r.route_calls_per_job:.2f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    notes = [f"  {r.scenario}: {r.notes}" for r in reports if r.notes]
+    return "\n".join(lines + (["notes:"] + notes if notes else []))
