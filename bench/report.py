@@ -33,6 +33,7 @@ class Result:
     rows: list[Row] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
+    profile: dict[str, Any] | None = None
 
     def row(self, measure: str, value: str, target: str = "", ok: bool | None = None,
             note: str = "") -> None:

@@ -1,0 +1,549 @@
+"""The five scenarios. Each starts what it needs through the harness and returns a Result."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from bench.ceiling import NOOP_TASK, make_app
+from bench.harness import (
+    CpuMeter,
+    Harness,
+    RssSampler,
+    celery_done_check,
+    job_done_check,
+    pct,
+    progress,
+    rss_bytes,
+    wait_all,
+)
+from bench.profile import PySpy, summarise
+from bench.report import Result
+from dispatcher.client import Client
+from dispatcher.jobs import KEY_PREFIX, job_key
+from dispatcher.procs import Child, EmulatorProcess
+from dispatcher.settings import Settings
+
+MB = 1024 * 1024
+
+
+@dataclass
+class Config:
+    """Sizes of every scenario; ``smoke()`` gives the tiny CI sizes."""
+
+    throughput_jobs: int = 5000
+    repeats: int = 3
+    concurrency: int = 64
+    latency_jobs: int = 200
+    latency_seconds: float = 0.01
+    concurrency_jobs: int = 1000
+    concurrency_threads: int = 1000
+    job_seconds: float = 30.0
+    cold_jobs: int = 10000
+    cold_start_seconds: float = 60.0
+    scale_jobs: int = 5000
+    scale_procs: list[int] = field(default_factory=lambda: [1, 2, 4])
+    profile: bool = True
+    results_dir: Path = Path(__file__).parent / "results"
+
+    @classmethod
+    def smoke(cls) -> Config:
+        return cls(throughput_jobs=200, repeats=1, latency_jobs=20, concurrency_jobs=100,
+                   concurrency_threads=100, job_seconds=2.0, cold_jobs=200,
+                   cold_start_seconds=3.0, scale_jobs=200, scale_procs=[1, 2], profile=False)
+
+
+def _endpoint(**overrides: Any) -> dict[str, Any]:
+    """An emulator endpoint that never refuses work on queue time."""
+    base = {"workers": 4, "max_workers": 4, "cold_start": 0.0, "concurrency": 256,
+            "inactivity_timeout": 3600, "latency": {"kind": "fixed", "seconds": 0.0},
+            "failure_rate": 0.0, "max_queue_time": 1e6}
+    return {**base, **overrides}
+
+
+def _payload(n: int) -> dict[str, Any]:
+    return {"id": uuid.uuid4().hex, "n": n, "prompt": "bench"}
+
+
+def _queue() -> str:
+    return f"bench-{uuid.uuid4().hex[:8]}"
+
+
+def _median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def _spread(values: Sequence[float]) -> str:
+    return f"(runs {', '.join(f'{v:.0f}' for v in values)})" if len(values) > 1 else ""
+
+
+@dataclass
+class Pass:
+    """One timed pass of N jobs: submit everything, wait until every result is readable."""
+
+    jobs: int
+    submit_s: float
+    total_s: float
+    cpu_ms_per_job: dict[str, float]
+
+    @property
+    def rate(self) -> float:
+        return self.jobs / self.total_s
+
+    @property
+    def submit_rate(self) -> float:
+        return self.jobs / self.submit_s
+
+
+def _timed_pass(h: Harness, n: int, submit: Callable[[int], str],
+                check: Callable[[Sequence[str]], list[bool]], pids: dict[str, int],
+                label: str, timeout: float) -> Pass:
+    with progress(h.console) as bar, CpuMeter(pids) as cpu:
+        sub = bar.add_task(f"{label}: submit", total=n)
+        done = bar.add_task(f"{label}: results", total=n)
+        t0 = time.time()
+        ids = []
+        for i in range(n):
+            ids.append(submit(i))
+            if i % 100 == 0:
+                bar.update(sub, completed=i)
+        t1 = time.time()
+        bar.update(sub, completed=n)
+        t2 = wait_all(ids, check, timeout, lambda k: bar.update(done, completed=k))
+    used = {k: round(1000 * v / n, 3) for k, v in cpu.used.items()}
+    return Pass(n, t1 - t0, t2 - t0, used)
+
+
+def _pids(h: Harness, workers: Sequence[Child], emu: EmulatorProcess | None) -> dict[str, int]:
+    assert h.redis is not None and h.redis.proc is not None
+    pids = {f"worker{i}": w.pid for i, w in enumerate(workers)}
+    pids["redis"] = h.redis.proc.pid
+    if emu is not None:
+        pids["emulator"] = emu.pid
+    pids["bench (submitter)"] = os.getpid()
+    return pids
+
+
+def _client(env: dict[str, str]) -> Client:
+    return Client(Settings.from_env(env))
+
+
+def _dispatcher_passes(h: Harness, procs: int, n: int, repeats: int, concurrency: int,
+                       label: str, profile_to: Path | None = None
+                       ) -> tuple[list[Pass], dict[str, Any] | None]:
+    """Dispatcher jobs on an instant endpoint: warm-up, then ``repeats`` timed passes."""
+    ep = "instant"
+    q = _queue()
+    profile: dict[str, Any] | None = None
+    with h.emulator({ep: _endpoint()}) as emu:
+        env = h.worker_env(emu, q, concurrency)
+        with h.workers(env, procs, concurrency) as workers:
+            client = _client(env)
+            try:
+                r = h.client_redis()
+                check = job_done_check(r)
+
+                def submit(i: int) -> str:
+                    return client.submit(ep, _payload(i), path="/v1/completions", cost=1,
+                                         max_wait=600, timeout=60)
+
+                warm = [submit(i) for i in range(min(100, n))]
+                wait_all(warm, check, 120)
+                pids = _pids(h, workers, emu)
+                passes = [_timed_pass(h, n, submit, check, pids, f"{label} {k + 1}/{repeats}",
+                                      timeout=max(120, n / 10))
+                          for k in range(repeats)]
+                if profile_to is not None:
+                    with PySpy(workers[0].pid, profile_to) as spy:
+                        _timed_pass(h, n, submit, check, pids, f"{label} (profiled)",
+                                    timeout=max(120, n / 10))
+                    profile = {"error": spy.error, "raw": str(profile_to)}
+                    if spy.error is None:
+                        profile["summary"] = summarise(profile_to)
+                stats = emu.stats()
+                profile = profile or None
+                dup = stats.get("duplicate_executions", 0)
+                if dup:
+                    raise AssertionError(f"{dup} duplicate executions at the emulator")
+            finally:
+                client.close()
+    return passes, profile
+
+
+def _ceiling_passes(h: Harness, n: int, repeats: int, concurrency: int) -> list[Pass]:
+    q = _queue()
+    app = make_app(h.redis_url, q)
+    with h.ceiling_workers(q, 1, concurrency) as workers:
+        r = h.client_redis()
+        check = celery_done_check(r)
+
+        def submit(i: int) -> str:
+            return app.send_task(NOOP_TASK, queue=q).id
+
+        wait_all([submit(i) for i in range(min(100, n))], check, 120)
+        pids = _pids(h, workers, None)
+        return [_timed_pass(h, n, submit, check, pids, f"ceiling {k + 1}/{repeats}",
+                            timeout=max(120, n / 10)) for k in range(repeats)]
+
+
+# --- 1. throughput --------------------------------------------------------------------
+
+
+def throughput(h: Harness, cfg: Config) -> Result:
+    res = Result("throughput", "1. throughput, instant GPU workers")
+    n, reps, conc = cfg.throughput_jobs, cfg.repeats, cfg.concurrency
+    ceiling = _ceiling_passes(h, n, reps, conc)
+    prof_path = cfg.results_dir / "profile-throughput.raw.txt" if cfg.profile else None
+    disp, profile = _dispatcher_passes(h, 1, n, reps, conc, "dispatcher", prof_path)
+    c_rate = _median([p.rate for p in ceiling])
+    d_rate = _median([p.rate for p in disp])
+    ratio = d_rate / c_rate
+    res.metrics = {
+        "jobs": n, "repeats": reps, "concurrency": conc,
+        "dispatcher_jobs_per_s": d_rate, "ceiling_jobs_per_s": c_rate,
+        "ratio_to_ceiling": ratio,
+        "dispatcher_runs_jobs_per_s": [p.rate for p in disp],
+        "ceiling_runs_jobs_per_s": [p.rate for p in ceiling],
+        "dispatcher_submit_per_s": _median([p.submit_rate for p in disp]),
+        "ceiling_submit_per_s": _median([p.submit_rate for p in ceiling]),
+        "dispatcher_cpu_ms_per_job": disp[len(disp) // 2].cpu_ms_per_job,
+        "ceiling_cpu_ms_per_job": ceiling[len(ceiling) // 2].cpu_ms_per_job,
+    }
+    res.profile = profile
+    res.row("dispatcher, submit -> result readable", f"{d_rate:.0f} jobs/s",
+            note=f"{n} jobs x {reps}, 1 worker, {conc} threads "
+                 f"{_spread(res.metrics['dispatcher_runs_jobs_per_s'])}")
+    res.row("ceiling: bare Celery no-op + Redis result", f"{c_rate:.0f} jobs/s",
+            note=_spread(res.metrics["ceiling_runs_jobs_per_s"]))
+    res.row("dispatcher / ceiling", f"{100 * ratio:.0f}%", ">= 60%", ratio >= 0.6)
+    res.row("submit rate (1 thread): dispatcher / ceiling",
+            f"{res.metrics['dispatcher_submit_per_s']:.0f} / "
+            f"{res.metrics['ceiling_submit_per_s']:.0f} per s")
+    dw = _worker_cpu(disp[len(disp) // 2])
+    cw = _worker_cpu(ceiling[len(ceiling) // 2])
+    res.row("worker CPU per job: dispatcher / ceiling", f"{dw:.2f} / {cw:.2f} ms")
+    return res
+
+
+def _worker_cpu(p: Pass) -> float:
+    return sum(v for k, v in p.cpu_ms_per_job.items() if k.startswith("worker"))
+
+
+# --- 2. added latency -----------------------------------------------------------------
+
+
+def latency(h: Harness, cfg: Config) -> Result:
+    res = Result("latency", "2. added latency, one job at a time")
+    ep = "light"
+    q = _queue()
+    gpu = cfg.latency_seconds
+    added: list[float] = []
+    seen_added: list[float] = []
+    parts: dict[str, list[float]] = {"submit_to_created": [], "created_to_assigned": [],
+                                     "assigned_to_finished": [], "route_s": [], "worker_s": []}
+    endpoint = _endpoint(workers=1, max_workers=1, concurrency=4,
+                         latency={"kind": "fixed", "seconds": gpu})
+    with h.emulator({ep: endpoint}) as emu:
+        env = h.worker_env(emu, q, cfg.concurrency)
+        with h.workers(env, 1, cfg.concurrency):
+            client = _client(env)
+            r = h.client_redis()
+            try:
+                for i in range(5):  # warm-up: connections, scripts, imports
+                    client.wait(client.submit(ep, _payload(i), path="/x"), timeout=30)
+                with progress(h.console) as bar:
+                    task = bar.add_task("one job at a time", total=cfg.latency_jobs)
+                    for i in range(cfg.latency_jobs):
+                        before = emu.stats()
+                        p = _payload(i)
+                        t_submit = time.time()
+                        job_id = client.submit(ep, p, path="/x", cost=1)
+                        key = job_key(job_id)
+                        while r.hget(key, "status") not in ("succeeded", "failed", "expired"):
+                            time.sleep(0.0005)
+                        t_seen = time.time()
+                        after = emu.stats()
+                        h_ = r.hmget(key, "status", "created_at", "assigned_at", "finished_at")
+                        if h_[0] != "succeeded":
+                            raise AssertionError(f"job {job_id} ended {h_[0]}")
+                        created, assigned, finished = (float(x) for x in h_[1:])
+                        route_s = _route_seconds(after) - _route_seconds(before)
+                        worker_s = float(after["worker_seconds_by_payload"][p["id"]])
+                        emulator_s = route_s + worker_s
+                        added.append(finished - t_submit - emulator_s)
+                        seen_added.append(t_seen - t_submit - emulator_s)
+                        parts["submit_to_created"].append(created - t_submit)
+                        parts["created_to_assigned"].append(assigned - created)
+                        parts["assigned_to_finished"].append(finished - assigned)
+                        parts["route_s"].append(route_s)
+                        parts["worker_s"].append(worker_s)
+                        bar.update(task, completed=i + 1)
+            finally:
+                client.close()
+    ms = {q_: 1000 * pct(added, v) for q_, v in (("p50", .5), ("p95", .95), ("p99", .99))}
+    res.metrics = {
+        "jobs": cfg.latency_jobs, "gpu_seconds": gpu,
+        "added_ms": ms,
+        "added_seen_by_poller_ms": {k: 1000 * pct(seen_added, v)
+                                    for k, v in (("p50", .5), ("p95", .95), ("p99", .99))},
+        "parts_p50_ms": {k: 1000 * pct(v, .5) for k, v in parts.items()},
+    }
+    res.row("added latency p50", f"{ms['p50']:.1f} ms", "<= 5 ms", ms["p50"] <= 5.0,
+            f"{cfg.latency_jobs} jobs, GPU {1000 * gpu:g} ms; result time = finished_at")
+    res.row("added latency p95 / p99", f"{ms['p95']:.1f} / {ms['p99']:.1f} ms")
+    pp = res.metrics["parts_p50_ms"]
+    res.row("p50 parts: submit / queue+claim+route / GPU call+store",
+            f"{pp['submit_to_created']:.1f} / {pp['created_to_assigned']:.1f} / "
+            f"{pp['assigned_to_finished']:.1f} ms",
+            note=f"emulator route {pp['route_s']:.1f} ms, worker {pp['worker_s']:.1f} ms")
+    return res
+
+
+def _route_seconds(stats: dict[str, Any]) -> float:
+    return float(stats.get("route_seconds_total", 0.0))
+
+
+# --- 3. concurrency -------------------------------------------------------------------
+
+
+def concurrency(h: Harness, cfg: Config) -> Result:
+    res = Result("concurrency", "3. concurrency, slow GPU jobs, one worker process")
+    ep = "slow"
+    q = _queue()
+    n, secs, threads = cfg.concurrency_jobs, cfg.job_seconds, cfg.concurrency_threads
+    slots_per_worker = 100
+    gpu_workers = max(1, -(-n // slots_per_worker))
+    endpoint = _endpoint(workers=gpu_workers, max_workers=gpu_workers,
+                         concurrency=slots_per_worker,
+                         latency={"kind": "fixed", "seconds": secs})
+    with h.emulator({ep: endpoint}) as emu:
+        env = h.worker_env(emu, q, threads)
+        with h.workers(env, 1, threads) as workers:
+            client = _client(env)
+            r = h.client_redis()
+            pid = workers[0].pid
+            rss_ready = rss_bytes(pid)
+            running_peak = 0
+            try:
+                with RssSampler([pid]) as rss, progress(h.console) as bar:
+                    sub = bar.add_task("submit", total=n)
+                    done = bar.add_task(f"{secs:g}s GPU jobs", total=n)
+                    t0 = time.time()
+                    ids = []
+                    for i in range(n):
+                        ids.append(client.submit(ep, _payload(i), path="/x", cost=1,
+                                                 timeout=secs + 60, max_wait=secs + 600))
+                        bar.update(sub, completed=i + 1)
+                    counts = f"{KEY_PREFIX}counts:{ep}"
+
+                    def on_progress(k: int) -> None:
+                        nonlocal running_peak
+                        running_peak = max(running_peak, int(r.hget(counts, "running") or 0))
+                        bar.update(done, completed=k)
+
+                    t_end = wait_all(ids, job_done_check(r), secs * 3 + 120, on_progress)
+                stats = emu.stats()
+                statuses = _statuses(r, ids)
+            finally:
+                client.close()
+    peak = _peak_in_flight(stats)
+    total = t_end - t0
+    res.metrics = {
+        "jobs": n, "job_seconds": secs, "threads": threads, "gpu_slots": gpu_workers * 100,
+        "peak_in_flight": peak, "peak_running_in_redis": running_peak,
+        "rss_ready_mb": rss_ready / MB, "rss_peak_mb": rss.peak / MB,
+        "total_s": total, "floor_s": secs, "total_over_floor": total / secs,
+        "statuses": statuses, "duplicate_executions": stats.get("duplicate_executions", 0),
+    }
+    res.row("peak in flight at the emulator", f"{peak}", f">= {n}", peak >= n,
+            f"{n} jobs x {secs:g}s, 1 worker process, {threads} threads")
+    res.row("worker RSS: ready -> peak", f"{rss_ready / MB:.0f} -> {rss.peak / MB:.0f} MB",
+            "<= 300 MB", rss.peak <= 300 * MB)
+    res.row("total time / floor", f"{total:.1f}s / {secs:g}s = {total / secs:.2f}x",
+            note=f"statuses {statuses}")
+    return res
+
+
+def _peak_in_flight(stats: dict[str, Any]) -> int:
+    workers = stats.get("workers", {})
+    if isinstance(workers, dict) and "peak_in_flight" in workers:
+        return int(workers["peak_in_flight"])
+    return int(stats.get("peak_in_flight", 0))
+
+
+def _statuses(r: redis.Redis, ids: Sequence[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for chunk in range(0, len(ids), 1000):
+        pipe = r.pipeline(transaction=False)
+        for job_id in ids[chunk:chunk + 1000]:
+            pipe.hget(job_key(job_id), "status")
+        for s in pipe.execute():
+            out[s] = out.get(s, 0) + 1
+    return out
+
+
+def _fields(r: redis.Redis, ids: Sequence[str], names: Sequence[str]) -> list[list[Any]]:
+    rows: list[list[Any]] = []
+    for chunk in range(0, len(ids), 1000):
+        pipe = r.pipeline(transaction=False)
+        for job_id in ids[chunk:chunk + 1000]:
+            pipe.hmget(job_key(job_id), list(names))
+        rows.extend(pipe.execute())
+    return rows
+
+
+# --- 4. cold start --------------------------------------------------------------------
+
+
+def cold_start(h: Harness, cfg: Config) -> Result:
+    res = Result("cold_start", "4. cold start, scaled to zero")
+    ep = "cold"
+    q = _queue()
+    n, cold = cfg.cold_jobs, cfg.cold_start_seconds
+    gpu_s, gpu_workers, slots = 0.05, 10, 100
+    endpoint = _endpoint(workers=0, max_workers=gpu_workers, concurrency=slots,
+                         cold_start=cold, latency={"kind": "fixed", "seconds": gpu_s})
+    settings = Settings()
+    with h.emulator({ep: endpoint}) as emu:
+        env = h.worker_env(emu, q, cfg.concurrency)
+        with h.workers(env, 1, cfg.concurrency) as workers:
+            client = _client(env)
+            r = h.client_redis()
+            pid = workers[0].pid
+            rss_ready = rss_bytes(pid)
+            mem_base = int(r.info("memory")["used_memory"])
+            mem_waiting: list[int] = []
+            try:
+                with RssSampler([pid]) as rss, progress(h.console) as bar:
+                    sub = bar.add_task("submit", total=n)
+                    t0 = time.time()
+                    ids = []
+                    for i in range(n):
+                        ids.append(client.submit(ep, _payload(i), path="/x", cost=1,
+                                                 max_wait=cold + 900, timeout=60))
+                        if i % 100 == 0:
+                            bar.update(sub, completed=i)
+                    bar.update(sub, completed=n)
+                    t_submitted = time.time()
+                    counts_key = f"{KEY_PREFIX}counts:{ep}"
+                    done = bar.add_task("waiting for the GPU (cold start)", total=n)
+                    deadline = time.monotonic() + cold + max(300, n / 10)
+                    while True:
+                        c = {k: int(v) for k, v in r.hgetall(counts_key).items()}
+                        finished = sum(c.get(s, 0) for s in
+                                       ("succeeded", "failed", "expired", "cancelled"))
+                        if not c.get("running") and not finished:
+                            mem_waiting.append(int(r.info("memory")["used_memory"]))
+                        phase = ("waiting for the GPU (cold start)" if not finished and
+                                 not c.get("running") else "draining")
+                        bar.update(done, completed=finished,
+                                   description=f"{phase}: {c.get('waiting', 0)} waiting")
+                        if finished >= n:
+                            break
+                        if time.monotonic() > deadline:
+                            raise TimeoutError(f"cold start: {finished}/{n} done, counts {c}")
+                        time.sleep(0.5)
+                stats = emu.stats()
+                rows = _fields(r, ids, ["status", "assigned_at", "finished_at", "route_calls"])
+            finally:
+                client.close()
+    ready_at = _ready_at(stats, rows, t0, cold)
+    ok_rows = [x for x in rows if x[0] == "succeeded"]
+    pickup = [float(x[1]) - ready_at["t"] for x in ok_rows]
+    last = max(float(x[2]) for x in ok_rows) if ok_rows else float("nan")
+    route_calls = [int(x[3] or 0) for x in rows]
+    drain_ideal = n * gpu_s / (gpu_workers * slots)
+    mem_mid = _median(mem_waiting[len(mem_waiting) // 2:]) if mem_waiting else float("nan")
+    cap = settings.poll_cap
+    p95 = pct(pickup, .95)
+    rss_growth = (rss.peak - rss_ready) / MB
+    res.metrics = {
+        "jobs": n, "cold_start_s": cold, "poll_cap_s": cap, "gpu_seconds": gpu_s,
+        "gpu_slots": gpu_workers * slots, "submit_s": t_submitted - t0,
+        "ready_at_source": ready_at["source"],
+        "rss_ready_mb": rss_ready / MB, "rss_peak_mb": rss.peak / MB,
+        "rss_growth_mb": rss_growth,
+        "redis_bytes_per_waiting_job": (mem_mid - mem_base) / n,
+        "route_calls_per_job": statistics.fmean(route_calls) if route_calls else float("nan"),
+        "route_calls_at_emulator": _route_calls_total(stats),
+        "pickup_p50_s": pct(pickup, .5), "pickup_p95_s": p95,
+        "drain_after_ready_s": last - ready_at["t"], "drain_after_ready_ideal_s": drain_ideal,
+        "total_s": last - t0, "total_ideal_s": cold + drain_ideal,
+        "statuses": _count(x[0] for x in rows),
+        "duplicate_executions": stats.get("duplicate_executions", 0),
+    }
+    m = res.metrics
+    res.row("worker RSS growth", f"{rss_growth:+.1f} MB", "<= 50 MB", rss_growth <= 50,
+            f"{n} jobs, cold start {cold:g}s, 1 worker, {cfg.concurrency} threads")
+    res.row("Redis memory per waiting job", f"{m['redis_bytes_per_waiting_job']:.0f} B")
+    res.row("route calls per job (mean)", f"{m['route_calls_per_job']:.1f}",
+            note=f"{m['route_calls_at_emulator']} at the emulator")
+    res.row("pickup after ready p50 / p95", f"{m['pickup_p50_s']:.2f} / {p95:.2f} s",
+            f"p95 <= {cap + 1:g} s", p95 <= cap + 1, f"ready time from {ready_at['source']}")
+    res.row("drain after ready: measured / ideal",
+            f"{m['drain_after_ready_s']:.1f} / {drain_ideal:.1f} s",
+            note=f"ideal = jobs x {gpu_s:g}s / {gpu_workers * slots} GPU slots")
+    res.row("total: measured / ideal", f"{m['total_s']:.1f} / {m['total_ideal_s']:.1f} s",
+            note=f"statuses {m['statuses']}")
+    return res
+
+
+def _count(values: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return out
+
+
+def _route_calls_total(stats: dict[str, Any]) -> int:
+    route = stats.get("route", {})
+    if isinstance(route, dict):
+        return int(route.get("total", route.get("calls", sum(
+            v for v in route.values() if isinstance(v, int)))))
+    return int(route)
+
+
+def _ready_at(stats: dict[str, Any], rows: list[list[Any]], t0: float, cold: float
+              ) -> dict[str, Any]:
+    """When the endpoint became ready: from the emulator if it says, else the first assignment."""
+    for key in ("first_ready_at", "ready_at"):
+        if key in stats:
+            return {"t": float(stats[key]), "source": f"emulator {key}"}
+    assigned = [float(x[1]) for x in rows if x[1]]
+    return {"t": min(assigned) if assigned else t0 + cold, "source": "first assignment"}
+
+
+# --- 5. scaling -----------------------------------------------------------------------
+
+
+def scaling(h: Harness, cfg: Config) -> Result:
+    res = Result("scaling", "5. scaling, worker processes")
+    cores = os.cpu_count() or 1
+    rates: dict[str, float] = {}
+    runs: dict[str, list[float]] = {}
+    for procs in cfg.scale_procs:
+        passes, _ = _dispatcher_passes(h, procs, cfg.scale_jobs, cfg.repeats, cfg.concurrency,
+                                       f"{procs} worker(s)")
+        runs[str(procs)] = [p.rate for p in passes]
+        rates[str(procs)] = _median(runs[str(procs)])
+    base = rates[str(cfg.scale_procs[0])]
+    res.metrics = {"jobs": cfg.scale_jobs, "cores": cores, "jobs_per_s": rates, "runs": runs,
+                   "speedup": {k: v / base for k, v in rates.items()}}
+    for k, v in rates.items():
+        res.row(f"{k} worker process(es) x {cfg.concurrency} threads", f"{v:.0f} jobs/s",
+                note=f"x{v / base:.2f}; machine has {cores} cores, shared with Redis, the "
+                     f"emulator and the submitter {_spread(runs[k])}")
+    return res
+
+
+SCENARIOS: dict[str, Callable[[Harness, Config], Result]] = {
+    "1": throughput, "2": latency, "3": concurrency, "4": cold_start, "5": scaling,
+}

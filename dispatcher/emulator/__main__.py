@@ -1,0 +1,5 @@
+import sys
+
+from dispatcher.emulator.cli import main
+
+sys.exit(main())
