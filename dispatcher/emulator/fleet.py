@@ -39,7 +39,8 @@ class Worker:
     ready_at: float = 0.0
     last_active: float = 0.0
     outstanding: int = 0  # assigned-not-arrived + queued + running
-    queued: int = 0
+    queued: int = 0  # waiting for a slot
+    running: int = 0
     warmup_left: int = 0
     expected: dict[int, float] = field(default_factory=dict)  # reqnum -> assignment deadline
     runner: web.AppRunner | None = None

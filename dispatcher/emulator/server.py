@@ -263,6 +263,8 @@ class Emulator:
         if action == "reset_stats":
             self.stats_data = Stats()
             return
+        if action not in ("stop_all", "cold_start", "start"):
+            raise ConfigError(f"action: unknown action {action!r}")
         ep = self.endpoints.get(args.get("endpoint", ""))
         if ep is None:
             raise ConfigError(f"endpoint: unknown endpoint {args.get('endpoint')!r}")
@@ -278,8 +280,6 @@ class Emulator:
             count = int(args.get("count", 1))
             for w in [w for w in ep.workers if w.state == STOPPED][:count]:
                 await self._start_worker(w, ep.config.cold_start)
-        else:
-            raise ConfigError(f"action: unknown action {action!r}")
 
     # --- router ----------------------------------------------------------------------
 
@@ -427,8 +427,8 @@ class Emulator:
             w.warmup_left -= 1
             return web.Response(status=401 if w.warmup_left % 2 else 500,
                                 text="model still loading")
-        waiting_ahead = max(0, w.queued - (cfg.concurrency - 1))
-        if waiting_ahead * cfg.mean_latency() / cfg.concurrency > cfg.max_queue_time:
+        # Like a real worker: estimated wait = work ahead of this request / parallelism.
+        if (w.queued + w.running) * cfg.mean_latency() / cfg.concurrency > cfg.max_queue_time:
             st.worker["admission_rejected"] += 1
             return web.Response(status=429, text="estimated queue time exceeds max_queue_time")
         directives = payload.get("emulate", {}) if isinstance(payload, dict) else {}
@@ -441,6 +441,7 @@ class Emulator:
         try:
             async with w.sem:
                 w.queued -= 1
+                w.running += 1
                 acquired = True
                 st.worker["executions"] += 1
                 st.executions_by_payload[pid] += 1
@@ -451,6 +452,7 @@ class Emulator:
                     return await self._answer(request, w, ep, payload, directives, n_exec,
                                               reqnum)
                 finally:
+                    w.running -= 1
                     st.leave()
                     st.worker_seconds_by_payload[pid] = time.perf_counter() - started
         finally:

@@ -82,7 +82,8 @@ def test_failing_and_hanging_workers_end_within_bounds() -> None:
     with Cluster(endpoints).start(concurrency=64) as c:
         ids = c.submit_many("ep", 300, max_wait=60, timeout=3)
         jobs = c.wait_until(ids, 120)
-        report = c.report("4. workers fail 30% (500), one hangs", jobs)
+        report = c.report("4. workers fail 30% (500), one hangs", jobs,
+                          notes="dup GPU runs here are re-runs after a worker answered 500")
         assert report.lost == 0 and report.wrong_results == 0, report
         assert report.succeeded > 150
         assert set(report.failed) <= {"worker_timeout", "worker_failed"}
