@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     console = Console()
+    if not console.is_terminal:  # logs and CI: wide enough for the table
+        console = Console(width=150)
     # SIGTERM unwinds like Ctrl-C, so the harness stops every process it started.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     log_dir = Path(tempfile.mkdtemp(prefix="bench-logs-"))

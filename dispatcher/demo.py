@@ -131,6 +131,6 @@ def summarise(console: Console, records: list[dict[str, str]], wall: float,
     table.add_row("route calls per job (mean / max)",
                   f"{statistics.fmean(route_calls):.1f} / {max(route_calls)}")
     dup = vast_stats.get("duplicate_executions", 0)
-    table.add_row("GPU executions (duplicates)",
+    table.add_row("GPU executions (re-runs after errors)",
                   f"{sum(vast_stats.get('executions_by_payload', {}).values())} ({dup})")
     console.print(table)

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from dispatcher.settings import Settings
@@ -172,8 +173,6 @@ class VastClient:
                 "VAST_INSECURE_WORKER_TLS is on: worker TLS certificates are NOT verified. "
                 "Use VAST_CA_BUNDLE with Vast's root certificate instead."
             )
-            import urllib3
-
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         self.session = requests.Session()
         # Retries are ours to decide (route vs worker semantics differ): none here.
@@ -209,17 +208,20 @@ class VastClient:
         if request_idx is not None:
             body["request_idx"] = request_idx
         headers = {"Authorization": f"Bearer {self._key}"}
+        # Errors are raised outside the except blocks: a requests exception may
+        # hold the request (and its Authorization header), so none is chained.
+        error: RouteError | None = None
         try:
             r = self.session.post(self.route_url, json=body, headers=headers,
                                   timeout=(self.connect_timeout, self.route_timeout))
         except requests.Timeout:
-            raise RouteUnavailable(
-                f"route: no answer within {self.route_timeout:g}s for endpoint {endpoint!r}"
-            ) from None
+            error = RouteUnavailable(
+                f"route: no answer within {self.route_timeout:g}s for endpoint {endpoint!r}")
         except requests.RequestException as e:
-            raise RouteUnavailable(
-                f"route: connection failed for endpoint {endpoint!r}: {type(e).__name__}"
-            ) from None
+            error = RouteUnavailable(
+                f"route: connection failed for endpoint {endpoint!r}: {type(e).__name__}")
+        if error is not None:
+            raise error
         return self._route_answer(endpoint, r)
 
     def _route_answer(self, endpoint: str, r: requests.Response) -> Assignment | NoWorker:
@@ -278,17 +280,19 @@ class VastClient:
         body = {"auth_data": assignment.auth_data, "payload": payload, "session_id": None}
         started = time.monotonic()
         deadline = started + timeout
+        error: WorkerError | None = None
         try:
             r = self.session.post(url, json=body, timeout=(self.connect_timeout, timeout),
                                   verify=self._verify, stream=True)
         except requests.ConnectTimeout:
-            raise WorkerUnavailable(f"worker {assignment.url}: connect timed out") from None
+            error = WorkerUnavailable(f"worker {assignment.url}: connect timed out")
         except requests.ReadTimeout:
-            raise self._timeout(assignment, timeout) from None
+            error = self._timeout(assignment, timeout)
         except requests.RequestException as e:
-            raise WorkerUnavailable(
-                f"worker {assignment.url}: connection failed ({type(e).__name__})"
-            ) from None
+            error = WorkerUnavailable(
+                f"worker {assignment.url}: connection failed ({type(e).__name__})")
+        if error is not None:
+            raise error
         try:
             raw = self._read_body(r, deadline, assignment, timeout)
         finally:
@@ -301,24 +305,30 @@ class VastClient:
 
     def _read_body(self, r: requests.Response, deadline: float, a: Assignment,
                    timeout: float) -> bytes:
+        """Read as bytes arrive (read1), so the deadline holds for a slow drip too."""
         chunks: list[bytes] = []
         size = 0
+        error: WorkerError | None = None
         try:
-            for chunk in r.iter_content(64 * 1024):
+            while chunk := r.raw.read1(64 * 1024, decode_content=True):
                 size += len(chunk)
                 if size > self.max_result_bytes:
-                    raise WorkerBadAnswer(
+                    error = WorkerBadAnswer(
                         f"worker {a.url}: answer over the limit of {self.max_result_bytes} "
                         "bytes (DISPATCHER_MAX_RESULT_BYTES)", r.status_code)
+                    break
                 chunks.append(chunk)
                 if time.monotonic() > deadline:
-                    raise self._timeout(a, timeout)
-        except requests.RequestException as e:
-            if isinstance(e, requests.ConnectionError) and "timed out" not in str(e).lower():
-                raise WorkerUnavailable(
-                    f"worker {a.url}: connection broke mid-answer ({type(e).__name__})",
-                    r.status_code) from None
-            raise self._timeout(a, timeout) from None
+                    error = self._timeout(a, timeout)
+                    break
+        except urllib3.exceptions.ReadTimeoutError:
+            error = self._timeout(a, timeout)
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            error = WorkerUnavailable(
+                f"worker {a.url}: connection broke mid-answer ({type(e).__name__})",
+                r.status_code)
+        if error is not None:
+            raise error
         return b"".join(chunks)
 
     @staticmethod

@@ -1,0 +1,171 @@
+"""Every route and worker status, through the client, against the emulator over real HTTP."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from dispatcher.emulator import Emulator, EmulatorConfig
+from dispatcher.vast import (
+    Assignment,
+    NoWorker,
+    RouteAuthError,
+    RouteRateLimited,
+    RouteRejected,
+    RouteUnavailable,
+    VastClient,
+    WorkerBadAnswer,
+    WorkerRejected,
+    WorkerSignatureRejected,
+    WorkerTimeout,
+    WorkerUnavailable,
+)
+
+KEY = "client-vs-emulator-key"
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(scope="module")
+def vast() -> Iterator[Emulator]:
+    cfg = EmulatorConfig.from_dict({
+        "api_key": KEY, "seed": 1,
+        "endpoints": {
+            "llm": {"workers": 1, "concurrency": 8, "queue_depth": 4,
+                    "latency": {"kind": "fixed", "seconds": 0.01}},
+            "cold": {"workers": 0, "max_workers": 1, "cold_start": 0.5,
+                     "latency": {"kind": "fixed", "seconds": 0.01}},
+            "busy": {"workers": 1, "concurrency": 1, "max_queue_time": 0.1,
+                     "queue_depth": 3, "latency": {"kind": "fixed", "seconds": 0.5}},
+        },
+    })
+    with Emulator(cfg) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def client(vast: Emulator) -> Iterator[VastClient]:
+    c = VastClient(route_url=vast.route_url, api_key=KEY, max_result_bytes=50_000)
+    yield c
+    c.close()
+
+
+def test_assignment_then_worker_success(client: VastClient) -> None:
+    a = client.route("llm", 10)
+    assert isinstance(a, Assignment) and a.endpoint == "llm" and a.cost == 10
+    resp = client.call_worker(a, "/v1/completions", {"id": "ok", "prompt": "hi"}, timeout=5)
+    assert resp.status == 200 and resp.body["payload"] == {"id": "ok", "prompt": "hi"}
+    assert resp.body["reqnum"] == a.reqnum and resp.body["worker"] == a.url
+
+
+def test_cold_start_no_worker_keeps_request_idx_then_assigns(client: VastClient) -> None:
+    first = client.route("cold", 1)
+    assert isinstance(first, NoWorker) and "loading" in first.status
+    assert first.request_idx is not None
+    time.sleep(0.7)
+    second = client.route("cold", 1, request_idx=first.request_idx)
+    assert isinstance(second, Assignment) and second.request_idx == first.request_idx
+
+
+def test_route_400_and_401(vast: Emulator, client: VastClient) -> None:
+    with pytest.raises(RouteRejected, match="400"):
+        client.route("no-such-endpoint", 1)
+    wrong = VastClient(route_url=vast.route_url, api_key="wrong-key")
+    with pytest.raises(RouteAuthError) as e:
+        wrong.route("llm", 1)
+    assert e.value.status == 401 and "wrong-key" not in str(e.value)
+
+
+def test_route_429_and_5xx_and_reset(vast: Emulator, client: VastClient) -> None:
+    vast.configure({"route_429_rate": 1.0})
+    try:
+        with pytest.raises(RouteRateLimited) as e:
+            client.route("llm", 1)
+        assert e.value.text == "API requests too frequent"
+    finally:
+        vast.configure({"route_429_rate": 0.0})
+    vast.configure({"route_error_rate": 1.0})
+    try:
+        with pytest.raises(RouteUnavailable) as e5:
+            client.route("llm", 1)
+        assert e5.value.status in (500, 502, 503)
+    finally:
+        vast.configure({"route_error_rate": 0.0})
+    vast.configure({"route_reset_rate": 1.0})
+    try:
+        with pytest.raises(RouteUnavailable, match="connection failed"):
+            client.route("llm", 1)
+    finally:
+        vast.configure({"route_reset_rate": 0.0})
+
+
+def test_route_connection_refused() -> None:
+    c = VastClient(route_url="http://127.0.0.1:1/route/", api_key=KEY)
+    with pytest.raises(RouteUnavailable):
+        c.route("llm", 1)
+
+
+def test_replayed_assignment_is_refused_401(client: VastClient) -> None:
+    a = client.route("llm", 1)
+    client.call_worker(a, "/x", {"id": "first"}, timeout=5)
+    with pytest.raises(WorkerSignatureRejected) as e:
+        client.call_worker(a, "/x", {"id": "replay"}, timeout=5)
+    assert e.value.status == 401 and e.value.retryable
+
+
+def test_tampered_assignment_is_refused_401(client: VastClient) -> None:
+    a = client.route("llm", 1)
+    forged = Assignment({**a.auth_data, "cost": 0})
+    with pytest.raises(WorkerSignatureRejected):
+        client.call_worker(forged, "/x", {"id": "forged"}, timeout=5)
+
+
+def test_missing_auth_field_is_422(client: VastClient) -> None:
+    a = client.route("llm", 1)
+    partial = Assignment({k: v for k, v in a.auth_data.items() if k != "signature"})
+    with pytest.raises(WorkerRejected) as e:
+        client.call_worker(partial, "/x", {}, timeout=5)
+    assert e.value.status == 422 and not e.value.retryable
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [(408, WorkerUnavailable), (429, WorkerUnavailable), (500, WorkerUnavailable),
+     (503, WorkerUnavailable), (410, WorkerRejected), (499, WorkerRejected),
+     (404, WorkerRejected)],
+)
+def test_worker_statuses(client: VastClient, status: int, error: type) -> None:
+    a = client.route("llm", 1)
+    with pytest.raises(error) as e:
+        client.call_worker(a, "/x", {"id": f"s{status}", "emulate": {"status": status}}, 5)
+    assert e.value.status == status
+
+
+def test_worker_text_timeout_and_huge(client: VastClient) -> None:
+    a = client.route("llm", 1)
+    assert client.call_worker(a, "/x", {"emulate": {"text": "words"}}, 5).body == "words"
+    with pytest.raises(WorkerTimeout, match="may have done the work"):
+        client.call_worker(client.route("llm", 1), "/x", {"emulate": {"hang": True}}, 0.5)
+    with pytest.raises(WorkerBadAnswer):
+        client.call_worker(client.route("llm", 1), "/x", {"emulate": {"size": 100_000}}, 5)
+
+
+def test_admission_control_429_is_reroutable(client: VastClient) -> None:
+    import concurrent.futures
+
+    answers = [client.route("busy", 1) for _ in range(3)]
+    assert all(isinstance(a, Assignment) for a in answers)
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(client.call_worker, a, "/x", {"n": i}, 5)
+                   for i, a in enumerate(answers)]
+    errors = [f.exception() for f in futures]
+    assert any(isinstance(e, WorkerUnavailable) and e.status == 429 for e in errors)
+
+
+def test_stopped_worker_refuses_connection(vast: Emulator, client: VastClient) -> None:
+    vast.configure({"endpoints": {"gone": {"workers": 1}}})
+    a = client.route("gone", 1)
+    vast.configure({"action": "stop_all", "endpoint": "gone"})
+    with pytest.raises(WorkerUnavailable, match="connection"):
+        client.call_worker(a, "/x", {}, 5)
