@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale-jobs", type=int, help="jobs per pass in scenario 5")
     p.add_argument("--scale-procs", help="worker process counts in scenario 5, e.g. 1,2,4")
     p.add_argument("--no-profile", action="store_true", help="skip py-spy in scenario 1")
+    p.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="extra environment for every dispatcher worker (repeatable)")
     p.add_argument("--loglevel", default="INFO", help="workers' log level (default INFO, "
                    "as `dispatcher worker` runs)")
     return p
@@ -81,7 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = Path(tempfile.mkdtemp(prefix="bench-logs-"))
     results: list[Result] = []
     started = time.monotonic()
-    with Harness(console, log_dir, a.loglevel) as h:
+    try:
+        extra_env = dict(kv.split("=", 1) for kv in a.worker_env)
+    except ValueError:
+        print("bench: --worker-env takes NAME=VALUE", file=sys.stderr)
+        return 2
+    with Harness(console, log_dir, a.loglevel, extra_env) as h:
         machine = machine_info(h.redis_url)
         console.print(f"[bold]bench[/] {machine['nproc']} cores, {machine['cpu']}, "
                       f"Redis {machine['redis_server']} at {h.redis_url}; logs in {log_dir}")
@@ -101,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     profile = next((r.profile for r in results if r.profile), None)
     render(console, machine, results, profile)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items()}
-    config.update(smoke=a.smoke, scenarios=selected, loglevel=a.loglevel,
+    config.update(smoke=a.smoke, scenarios=selected, loglevel=a.loglevel, worker_env=extra_env,
                   wall_s=round(time.monotonic() - started, 1))
     write_json(out, machine, config, results, profile)
     console.print(f"wrote {out}")

@@ -182,10 +182,12 @@ class Harness:
     reverse order, even when a scenario fails.
     """
 
-    def __init__(self, console: Console, log_dir: Path, loglevel: str = "INFO") -> None:
+    def __init__(self, console: Console, log_dir: Path, loglevel: str = "INFO",
+                 extra_env: Mapping[str, str] | None = None) -> None:
         self.console = console
         self.log_dir = log_dir
         self.loglevel = loglevel
+        self.extra_env = dict(extra_env or {})  # e.g. DISPATCHER_* for every dispatcher worker
         self.stack = ExitStack()
         self.redis: RedisServer | None = None
 
@@ -232,6 +234,7 @@ class Harness:
             "VAST_ROUTE_URL": emu.route_url,
             "DISPATCHER_QUEUE": queue,
             "DISPATCHER_CONCURRENCY": str(concurrency),
+            **self.extra_env,
             **(extra or {}),
         }
 
@@ -249,9 +252,12 @@ class Harness:
             yield children
 
     @contextmanager
-    def ceiling_workers(self, queue: str, count: int, concurrency: int) -> Iterator[list[Child]]:
+    def ceiling_workers(self, queue: str, count: int, concurrency: int,
+                        dispatcher_conf: bool = False) -> Iterator[list[Child]]:
         """Workers of the bare Celery no-op app (``bench.ceiling``)."""
         env = {**os.environ, "BENCH_REDIS_URL": self.redis_url, "BENCH_QUEUE": queue,
+               "BENCH_CELERY_CONF": "dispatcher" if dispatcher_conf else "",
+               "BENCH_CONCURRENCY": str(concurrency),
                "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
         children = []
         for i in range(count):

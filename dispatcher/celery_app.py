@@ -24,6 +24,7 @@ def make_app(settings: Settings | None = None, *, main: bool = False) -> Celery:
     pool = settings.concurrency + 16
     app.conf.update(
         broker_url=settings.redis_url,
+        broker_transport="dispatcher.transport:Transport",
         result_backend=settings.redis_url,
         task_default_queue=settings.queue,
         task_serializer="json",
@@ -50,7 +51,9 @@ def make_app(settings: Settings | None = None, *, main: bool = False) -> Celery:
         redis_max_connections=pool,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
-        worker_send_task_events=True,
+        # Off by default: three event publishes per task cost ~10% of worker CPU
+        # (measured in bench/). `dispatcher worker --events` turns them on for Flower.
+        worker_send_task_events=False,
         task_send_sent_event=False,
         worker_concurrency=settings.concurrency,
         worker_pool="threads",

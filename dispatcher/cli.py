@@ -103,6 +103,8 @@ def cmd_worker(a: argparse.Namespace) -> int:
     ]
     if a.hostname:
         argv += ["--hostname", a.hostname]
+    if a.events:
+        argv.append("--task-events")
     dispatcher.app.worker_main(argv)
     return EXIT_OK
 
@@ -149,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--loglevel", default="INFO")
     s.add_argument("--queue", default=None)
     s.add_argument("--hostname", default=None)
+    s.add_argument("--events", action="store_true", help="send task events (for Flower)")
     s.set_defaults(func=cmd_worker)
 
     # Handled in main(): its own options belong to dispatcher.emulator.cli.

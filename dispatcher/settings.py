@@ -62,7 +62,7 @@ class Settings:
     # job still running on a live worker is never handed to a second one.
     visibility_timeout: float = 0.0
     # A claimed-but-unpublished waiting job is retried after this long.
-    publish_grace: float = 60.0
+    publish_grace: float = 15.0
     mover_interval: float = 0.1
 
     def __post_init__(self) -> None:

@@ -38,6 +38,10 @@ def vast() -> Iterator[Emulator]:
                      "latency": {"kind": "fixed", "seconds": 0.01}},
             "busy": {"workers": 1, "concurrency": 1, "max_queue_time": 0.1,
                      "queue_depth": 3, "latency": {"kind": "fixed", "seconds": 0.5}},
+            # Set up here, not by configure(): adding a ready worker at run time races
+            # the emulator's own tick (seen failing ~1 in 15 runs).
+            "gone": {"workers": 1},
+            "warm": {"workers": 1, "warmup_errors": 2},
         },
     })
     with Emulator(cfg) as emulator:
@@ -106,19 +110,24 @@ def test_route_connection_refused() -> None:
         c.route("llm", 1)
 
 
-def test_replayed_assignment_is_refused_401(client: VastClient) -> None:
+def test_replayed_assignment_is_refused_401(vast: Emulator, client: VastClient) -> None:
     a = client.route("llm", 1)
     client.call_worker(a, "/x", {"id": "first"}, timeout=5)
+    before = vast.stats()["rejected_replay"]
     with pytest.raises(WorkerSignatureRejected) as e:
         client.call_worker(a, "/x", {"id": "replay"}, timeout=5)
     assert e.value.status == 401 and e.value.retryable
+    assert vast.stats()["rejected_replay"] == before + 1
+    assert "replay" not in vast.stats()["executions_by_payload"]
 
 
-def test_tampered_assignment_is_refused_401(client: VastClient) -> None:
+def test_tampered_assignment_is_refused_401(vast: Emulator, client: VastClient) -> None:
     a = client.route("llm", 1)
     forged = Assignment({**a.auth_data, "cost": 0})
+    before = vast.stats()["rejected_signature"]
     with pytest.raises(WorkerSignatureRejected):
         client.call_worker(forged, "/x", {"id": "forged"}, timeout=5)
+    assert vast.stats()["rejected_signature"] == before + 1
 
 
 def test_missing_auth_field_is_422(client: VastClient) -> None:
@@ -131,15 +140,17 @@ def test_missing_auth_field_is_422(client: VastClient) -> None:
 
 @pytest.mark.parametrize(
     ("status", "error"),
-    [(408, WorkerUnavailable), (429, WorkerUnavailable), (500, WorkerUnavailable),
-     (503, WorkerUnavailable), (410, WorkerRejected), (499, WorkerRejected),
-     (404, WorkerRejected)],
+    [(401, WorkerSignatureRejected), (408, WorkerUnavailable), (429, WorkerUnavailable),
+     (500, WorkerUnavailable), (503, WorkerUnavailable), (410, WorkerRejected),
+     (422, WorkerRejected), (499, WorkerRejected), (404, WorkerRejected)],
 )
 def test_worker_statuses(client: VastClient, status: int, error: type) -> None:
     a = client.route("llm", 1)
     with pytest.raises(error) as e:
         client.call_worker(a, "/x", {"id": f"s{status}", "emulate": {"status": status}}, 5)
-    assert e.value.status == status
+    assert type(e.value) is error and e.value.status == status
+    assert e.value.text == f"emulated status {status}" and KEY not in repr(e.value)
+    assert e.value.retryable is issubclass(error, WorkerUnavailable)
 
 
 def test_worker_text_timeout_and_huge(client: VastClient) -> None:
@@ -164,8 +175,50 @@ def test_admission_control_429_is_reroutable(client: VastClient) -> None:
 
 
 def test_stopped_worker_refuses_connection(vast: Emulator, client: VastClient) -> None:
-    vast.configure({"endpoints": {"gone": {"workers": 1}}})
     a = client.route("gone", 1)
     vast.configure({"action": "stop_all", "endpoint": "gone"})
     with pytest.raises(WorkerUnavailable, match="connection"):
         client.call_worker(a, "/x", {}, 5)
+
+
+def test_route_token_bucket_429() -> None:
+    cfg = EmulatorConfig.from_dict({"api_key": KEY, "rate_limit": {"rate": 0.01, "burst": 2},
+                                    "endpoints": {"llm": {"workers": 0, "cold_start": 60}}})
+    with Emulator(cfg) as vast, VastClient(route_url=vast.route_url, api_key=KEY) as c:
+        assert all(isinstance(c.route("llm", 1), NoWorker) for _ in range(2))
+        with pytest.raises(RouteRateLimited) as e:
+            c.route("llm", 1)
+        assert e.value.status == 429 and e.value.retryable
+        assert vast.stats()["route"]["rate_limited"] == 1
+
+
+def test_slow_answer_within_and_past_the_timeout(vast: Emulator, client: VastClient) -> None:
+    ok = client.call_worker(client.route("llm", 1), "/x",
+                            {"id": "slow-ok", "emulate": {"sleep": 0.3}}, timeout=5)
+    assert ok.status == 200 and ok.elapsed >= 0.3
+    with pytest.raises(WorkerTimeout, match="may have done the work") as e:
+        client.call_worker(client.route("llm", 1), "/x",
+                           {"id": "slow-late", "emulate": {"sleep": 0.5}}, timeout=0.2)
+    assert not e.value.retryable
+    time.sleep(0.5)
+    assert vast.stats()["executions_by_payload"]["slow-late"] == 1  # it did run
+
+
+def test_fail_once_then_reroute_succeeds(vast: Emulator, client: VastClient) -> None:
+    payload = {"id": "flaky", "emulate": {"fail_times": 1}}
+    with pytest.raises(WorkerUnavailable) as e:
+        client.call_worker(client.route("llm", 1), "/x", payload, 5)
+    assert e.value.status == 500
+    resp = client.call_worker(client.route("llm", 1), "/x", payload, 5)
+    assert resp.body["ok"] is True
+    assert vast.stats()["executions_by_payload"]["flaky"] == 2
+
+
+def test_just_started_worker_answers_401_then_500(client: VastClient) -> None:
+    errors = []
+    for _ in range(2):
+        with pytest.raises(WorkerUnavailable) as e:
+            client.call_worker(client.route("warm", 1), "/x", {}, 5)
+        errors.append(type(e.value))
+    assert set(errors) == {WorkerSignatureRejected, WorkerUnavailable}
+    assert client.call_worker(client.route("warm", 1), "/x", {}, 5).status == 200

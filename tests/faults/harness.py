@@ -23,6 +23,7 @@ FAST_POLLING = {
     "DISPATCHER_POLL_BASE": "0.2",
     "DISPATCHER_POLL_CAP": "1.0",
     "DISPATCHER_MOVER_INTERVAL": "0.05",
+    "DISPATCHER_PUBLISH_GRACE": "5",
     "VAST_ROUTE_TIMEOUT": "5",
 }
 
@@ -132,6 +133,18 @@ class Cluster:
             time.sleep(0.25)
         assert self.client is not None
         return {i: self.client.get_job(i) for i in ids}
+
+    def diagnose(self, report: Report | None = None) -> str:
+        """What to read when a scenario fails: counts, and the workers' warnings."""
+        lines = [repr(report)] if report else []
+        for w in self.workers:
+            log = [ln for ln in w.log_text().splitlines()
+                   if "WARNING" in ln or "ERROR" in ln or "Connected" in ln or "Error" in ln]
+            lines += [f"--- {w.name} (alive={w.alive()}) ---", *log[-40:]]
+        if self.client is not None:
+            store = self.client.store
+            lines.append(f"waiting set: {store.redis.zcard(store.waiting)} jobs")
+        return "\n".join(lines)
 
     def report(self, scenario: str, jobs: dict[str, Job], notes: str = "") -> Report:
         assert self.emulator is not None
