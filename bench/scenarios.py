@@ -308,6 +308,7 @@ def latency(h: Harness, cfg: Config) -> Result:
                         bar.update(task, completed=i + 1)
             finally:
                 client.close()
+    floor = _celery_round_trips(h, cfg.latency_jobs, cfg.concurrency)
     ms = {q_: 1000 * pct(added, v) for q_, v in (("p50", .5), ("p95", .95), ("p99", .99))}
     res.metrics = {
         "jobs": cfg.latency_jobs, "gpu_seconds": gpu,
@@ -315,6 +316,8 @@ def latency(h: Harness, cfg: Config) -> Result:
         "added_seen_by_poller_ms": {k: 1000 * pct(seen_added, v)
                                     for k, v in (("p50", .5), ("p95", .95), ("p99", .99))},
         "parts_p50_ms": {k: 1000 * pct(v, .5) for k, v in parts.items()},
+        "celery_noop_round_trip_ms": {k: 1000 * pct(floor, v)
+                                      for k, v in (("p50", .5), ("p95", .95), ("p99", .99))},
     }
     res.row("added latency p50", f"{ms['p50']:.1f} ms", "<= 5 ms", ms["p50"] <= 5.0,
             f"{cfg.latency_jobs} jobs, GPU {1000 * gpu:g} ms; result time = finished_at")
@@ -324,7 +327,29 @@ def latency(h: Harness, cfg: Config) -> Result:
             f"{pp['submit_to_created']:.1f} / {pp['created_to_assigned']:.1f} / "
             f"{pp['assigned_to_finished']:.1f} ms",
             note=f"emulator route {pp['route_s']:.1f} ms, worker {pp['worker_s']:.1f} ms")
+    fl = res.metrics["celery_noop_round_trip_ms"]
+    res.row("for scale: bare Celery no-op, submit -> result p50 / p95",
+            f"{fl['p50']:.1f} / {fl['p95']:.1f} ms", note="same Redis, polled the same way")
     return res
+
+
+def _celery_round_trips(h: Harness, n: int, concurrency: int) -> list[float]:
+    """Submit -> result readable of the bare Celery no-op, one at a time."""
+    q = _queue()
+    app = make_app(h.redis_url, q)
+    r = h.client_redis()
+    out: list[float] = []
+    with h.ceiling_workers(q, 1, concurrency), progress(h.console) as bar:
+        task = bar.add_task("bare Celery no-op, one at a time", total=n)
+        for i in range(n + 5):
+            t0 = time.time()
+            key = f"celery-task-meta-{app.send_task(NOOP_TASK, queue=q).id}"
+            while not r.exists(key):
+                time.sleep(0.0005)
+            if i >= 5:  # after a warm-up
+                out.append(time.time() - t0)
+                bar.update(task, completed=i - 4)
+    return out
 
 
 def _route_seconds(stats: dict[str, Any]) -> float:

@@ -52,11 +52,19 @@ def pct(values: list[float], q: float) -> float:
 
 
 def run_demo(jobs: int = 200, cold_start: float = 5.0, concurrency: int = 64) -> int:
-    from dispatcher.client import Client
-
     console = Console()
     # Ctrl-C and SIGTERM both unwind the ExitStack, which stops every child.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return _run(console, jobs, cold_start, concurrency)
+    except KeyboardInterrupt:
+        console.print("[yellow]Interrupted[/]: stopped the worker, the emulator and Redis.")
+        return 130
+
+
+def _run(console: Console, jobs: int, cold_start: float, concurrency: int) -> int:
+    from dispatcher.client import Client
+
     with ExitStack() as stack:
         console.print("[bold]Starting[/] redis-server, the Vast emulator and a worker...")
         redis_server = stack.enter_context(RedisServer())

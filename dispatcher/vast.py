@@ -378,7 +378,8 @@ class VastClient:
                                "session_id": None}, separators=(",", ":"), allow_nan=False)
         except (TypeError, ValueError) as e:
             raise ValueError(f"payload: not JSON-serialisable: {e}") from None
-        who = f"worker for endpoint {assignment.auth_data.get('endpoint')!r} at {assignment.url}"
+        where = self._clean(assignment.url)[:200]
+        who = f"worker for endpoint {assignment.auth_data.get('endpoint')!r} at {where}"
         started = time.monotonic()
         try:
             resp = self._call(assignment.url.rstrip("/") + path, data.encode(), who,
@@ -417,7 +418,8 @@ class VastClient:
         if ok:
             return WorkerResponse(r.status_code, _decode(raw, r.headers.get("Content-Type")),
                                   elapsed)
-        self._raise_for_status(who, r.status_code, self._clean(_text(raw, r)))
+        text = self._clean(_decode_text(raw, r.headers.get("Content-Type")))
+        self._raise_for_status(who, r.status_code, text)
 
     def _read_body(self, r: requests.Response, who: str, deadline: float, timeout: float,
                    ok: bool) -> bytes:
@@ -517,10 +519,6 @@ def _charset(content_type: str | None) -> str:
         if name.lower() == "charset" and value:
             return value.strip("\"'")
     return "utf-8"  # not ISO-8859-1 as requests assumes for text/*: workers speak UTF-8
-
-
-def _text(raw: bytes, r: requests.Response) -> str:
-    return _decode_text(raw, r.headers.get("Content-Type"))
 
 
 def _decode_text(raw: bytes, content_type: str | None) -> str:

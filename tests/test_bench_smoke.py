@@ -1,4 +1,4 @@
-"""``python -m bench --smoke`` runs every scenario end to end. Sizes are tiny; no speed is asserted."""
+"""``python -m bench --smoke`` runs every scenario end to end: tiny sizes, no speed asserted."""
 
 from __future__ import annotations
 

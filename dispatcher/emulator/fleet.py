@@ -42,6 +42,7 @@ class Worker:
     queued: int = 0  # waiting for a slot
     running: int = 0
     warmup_left: int = 0
+    starting: bool = False
     expected: dict[int, float] = field(default_factory=dict)  # reqnum -> assignment deadline
     runner: web.AppRunner | None = None
     site: web.TCPSite | None = None

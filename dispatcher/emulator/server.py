@@ -191,6 +191,16 @@ class Emulator:
             await self._make_ready(w)
 
     async def _make_ready(self, w: Worker) -> None:
+        # Called by a zero-second start and by housekeeping: only one may bring it up.
+        if w.state != LOADING or w.starting:
+            return
+        w.starting = True
+        try:
+            await self._bring_up(w)
+        finally:
+            w.starting = False
+
+    async def _bring_up(self, w: Worker) -> None:
         ep = self.endpoints[w.endpoint]
         if w.runner is None:
             app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -201,9 +211,10 @@ class Emulator:
             app.router.add_route("*", "/{path:.*}", handler)
             w.runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await w.runner.setup()
-        w.site = web.TCPSite(w.runner, w.host, w.port, backlog=BACKLOG, reuse_address=True)
-        await w.site.start()
-        w.port = w.site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        site = web.TCPSite(w.runner, w.host, w.port, backlog=BACKLOG, reuse_address=True)
+        await site.start()
+        w.site = site
+        w.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         w.sem = asyncio.Semaphore(ep.config.concurrency)
         w.state = READY
         w.last_active = now()
