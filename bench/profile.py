@@ -41,6 +41,24 @@ AREAS: list[tuple[str, str]] = [
 ]
 
 
+# Inclusive shares: a sample counts for a component if any frame's function matches.
+COMPONENTS: list[tuple[str, tuple[str, ...]]] = [
+    ("task body: dispatcher run_job", ("run_job",)),
+    ("  HTTP: route call (requests)", ("VastClient.route",)),
+    ("  HTTP: worker call (requests)", ("VastClient.call_worker",)),
+    ("  requests env lookups (trust_env)", ("Session.merge_environment_settings",
+                                           "get_netrc_auth")),
+    ("  Lua transitions (claim, mark_running, finish)", ("Store.claim", "Store.mark_running",
+                                                         "Store.finish", "Store.schedule")),
+    ("Celery consumer loop (main thread)", ("Hub.create_loop",)),
+    ("  task events", ("EventDispatcher.send", "EventDispatcher.publish",
+                       "Consumer._flush_events")),
+    ("  message acks", ("Message.ack",)),
+    ("waiting-set mover thread", ("Mover._loop",)),
+    ("logging", ("Logger._log",)),
+]
+
+
 def pyspy_binary() -> str | None:
     here = Path(sys.executable).parent / "py-spy"
     return str(here) if here.exists() else shutil.which("py-spy")
@@ -102,6 +120,7 @@ def summarise(raw_path: Path, top: int = 12) -> dict[str, Any]:
     by_area: Counter[str] = Counter()
     self_fn: Counter[str] = Counter()
     total_fn: Counter[str] = Counter()
+    comps: Counter[str] = Counter()
     total = 0
     for line in raw_path.read_text().splitlines():
         stack, _, count_s = line.rpartition(" ")
@@ -118,12 +137,18 @@ def summarise(raw_path: Path, top: int = 12) -> dict[str, Any]:
         self_fn[f"{func} ({short(path)})"] += n
         for key in {f"{f} ({short(p)})" for f, p in frames if area_of(p) == "dispatcher"}:
             total_fn[key] += n
+        funcs = {f for f, _ in frames}
+        for label, names in COMPONENTS:
+            if any(name in funcs for name in names):
+                comps[label] += n
 
     def shares(c: Counter[str], k: int) -> list[list[Any]]:
         return [[name, round(100 * n / total, 1)] for name, n in c.most_common(k)] if total else []
 
     return {
         "samples": total,
+        "components_pct": [[label, round(100 * comps[label] / total, 1) if total else 0.0]
+                           for label, _ in COMPONENTS],
         "by_area_pct": shares(by_area, len(by_area)),
         "top_self_pct": shares(self_fn, top),
         "dispatcher_total_pct": shares(total_fn, top),

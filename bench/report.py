@@ -66,9 +66,9 @@ def render(console: Console, machine: dict[str, Any], results: list[Result],
         p = profile["summary"]
         t = Table(title=f"Worker profile during scenario 1 ({p['samples']} GIL samples)",
                   title_justify="left")
-        t.add_column("area (leaf frame)")
-        t.add_column("% GIL", justify="right")
-        for name, share in p["by_area_pct"]:
+        t.add_column("component (inclusive)")
+        t.add_column("% of GIL samples", justify="right")
+        for name, share in p["components_pct"]:
             t.add_row(name, f"{share}")
         console.print(t)
 
