@@ -9,6 +9,7 @@ from __future__ import annotations
 from celery import Celery
 
 from dispatcher.settings import Settings, get_settings
+from dispatcher.store import PRIORITY_SEP, PRIORITY_STEPS
 
 DISPATCH_TASK = "dispatcher.dispatch"
 
@@ -42,8 +43,8 @@ def make_app(settings: Settings | None = None, *, main: bool = False) -> Celery:
             # seconds (100 s by default): keep the sweep well under the timeout.
             "unacked_restore_interval": max(1, min(30, int(settings.visibility_timeout / 20))),
             "unacked_restore_throttle": 1,
-            "priority_steps": list(range(10)),
-            "sep": ":",
+            "priority_steps": PRIORITY_STEPS,
+            "sep": PRIORITY_SEP,
             "queue_order_strategy": "priority",
         },
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},

@@ -39,7 +39,7 @@ class Mover:
     def tick(self) -> int:
         """Publish one batch of due jobs; returns how many."""
         s = self.rt.settings
-        due = self.rt.store.move_due(BATCH, s.publish_grace)
+        due = self.rt.store.move_due(BATCH, s.publish_grace, s.max_backlog)
         if not due:
             return 0
         with self.app.producer_or_acquire() as producer:

@@ -64,8 +64,12 @@ class Settings:
     # A claimed-but-unpublished waiting job is retried after this long.
     publish_grace: float = 15.0
     mover_interval: float = 0.1
+    # Movers publish nothing while the Celery queue holds this many messages.
+    max_backlog: int = 0
 
     def __post_init__(self) -> None:
+        if self.max_backlog <= 0:
+            object.__setattr__(self, "max_backlog", max(256, 4 * self.concurrency))
         if self.visibility_timeout <= 0:
             object.__setattr__(self, "visibility_timeout", self.max_timeout + 300.0)
         if self.poll_base <= 0 or self.poll_cap < self.poll_base:
@@ -100,6 +104,7 @@ class Settings:
             visibility_timeout=_float(e, "DISPATCHER_VISIBILITY_TIMEOUT", 0.0),
             publish_grace=_float(e, "DISPATCHER_PUBLISH_GRACE", cls.publish_grace),
             mover_interval=_float(e, "DISPATCHER_MOVER_INTERVAL", cls.mover_interval),
+            max_backlog=_int(e, "DISPATCHER_MAX_BACKLOG", 0),
         )
 
     def with_(self, **changes: object) -> Settings:

@@ -16,6 +16,10 @@ from redis.retry import Retry
 
 from dispatcher.jobs import JOB_PREFIX, KEY_PREFIX, Job, job_key, waiting_key
 
+# kombu's Redis priority queues: "<queue>" for step 0, "<queue>:<n>" for the others.
+PRIORITY_STEPS = list(range(10))
+PRIORITY_SEP = ":"
+
 # Long enough to ride out a Redis restart (AOF reload) without failing a job.
 REDIS_RETRIES = 40
 
@@ -35,6 +39,11 @@ def connect(url: str, max_connections: int = 64) -> redis.Redis:
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
     )
     return redis.Redis(connection_pool=pool)
+
+
+def broker_lists(queue: str) -> list[str]:
+    """The Redis lists kombu keeps for one queue, one per priority (see celery_app)."""
+    return [queue] + [f"{queue}{PRIORITY_SEP}{n}" for n in PRIORITY_STEPS[1:]]
 
 
 def _script(name: str) -> str:
@@ -96,9 +105,11 @@ class Store:
         args = [job_id, status, ttl, *_flatten(fields)]
         return self._finish(keys=[job_key(job_id), self.waiting], args=args)
 
-    def move_due(self, limit: int, grace: float) -> list[tuple[str, int, int]]:
-        """Due jobs as (job_id, seq, priority)."""
-        raw = self._move_due(keys=[self.waiting], args=[limit, grace, JOB_PREFIX])
+    def move_due(self, limit: int, grace: float, max_backlog: int = 1 << 30
+                 ) -> list[tuple[str, int, int]]:
+        """Due jobs as (job_id, seq, priority), none while the broker backlog is full."""
+        raw = self._move_due(keys=[self.waiting, *broker_lists(self.queue)],
+                             args=[limit, grace, JOB_PREFIX, max_backlog])
         return [(raw[i], int(raw[i + 1]), int(raw[i + 2] or 0)) for i in range(0, len(raw), 3)]
 
     def get(self, job_id: str) -> Job:

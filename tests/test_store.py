@@ -120,3 +120,14 @@ def test_counts_follow_every_transition(store: Store) -> None:
     store.finish("c", "expired", 60, {})
     assert store.counts("e") == {"queued": 0, "waiting": 0, "running": 0, "succeeded": 1,
                                  "cancelled": 1, "expired": 1}
+
+
+def test_move_due_holds_back_while_the_broker_backlog_is_full(store: Store) -> None:
+    for n in range(5):
+        new_job(store, f"j{n}", grace=0)
+    store.redis.rpush("q", *["m"] * 3)
+    store.redis.rpush("q:9", *["m"] * 2)
+    assert store.move_due(10, grace=60, max_backlog=5) == []  # 5 queued: full
+    assert len(store.move_due(10, grace=60, max_backlog=7)) == 2  # room for 2
+    store.redis.delete("q", "q:9")
+    assert len(store.move_due(10, grace=60, max_backlog=7)) == 3

@@ -1,9 +1,19 @@
 -- Hand due waiting jobs to a live worker for publishing to the Celery queue.
--- KEYS: waiting.  ARGV: limit, grace, job_key_prefix
+-- KEYS: waiting, then the Celery queue's lists.
+-- ARGV: limit, grace, job_key_prefix, max_backlog
 -- Each taken job stays in the set, due again after `grace`: if the publisher
 -- dies before the message is out, another worker publishes it then.
+-- Backpressure: nothing moves while the broker already holds max_backlog
+-- messages, so a long backlog never snowballs into duplicate messages; due
+-- jobs wait here, in due-time order, at no cost to worker memory.
 local t = now()
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', t, 'LIMIT', 0, tonumber(ARGV[1]))
+local backlog = 0
+for i = 2, #KEYS do backlog = backlog + redis.call('LLEN', KEYS[i]) end
+local room = math.min(tonumber(ARGV[1]), tonumber(ARGV[4]) - backlog)
+if room <= 0 then
+  return {}
+end
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', t, 'LIMIT', 0, room)
 local out = {}
 for _, id in ipairs(ids) do
   local h = redis.call('HMGET', ARGV[3] .. id, 'seq', 'priority')
