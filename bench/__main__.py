@@ -6,6 +6,7 @@ Exit 0 when every selected scenario ran to the end (whatever the speed), 1 other
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import signal
 import sys
@@ -18,7 +19,7 @@ import redis
 from rich.console import Console
 
 from bench.harness import Harness, machine_info
-from bench.report import Result, render, write_json
+from bench.report import Result, markdown, render, write_json
 from bench.scenarios import SCENARIOS, Config
 
 RESULTS = Path(__file__).parent / "results"
@@ -43,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-profile", action="store_true", help="skip py-spy in scenario 1")
     p.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
                    help="extra environment for every dispatcher worker (repeatable)")
+    p.add_argument("--markdown", type=Path, metavar="JSON",
+                   help="print the table of a results file as Markdown and exit")
     p.add_argument("--loglevel", default="INFO", help="workers' log level (default INFO, "
                    "as `dispatcher worker` runs)")
     return p
@@ -67,6 +70,9 @@ def config_from(a: argparse.Namespace) -> Config:
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
+    if a.markdown:
+        print(markdown(json.loads(a.markdown.read_text())), end="")
+        return 0
     cfg = config_from(a)
     out = a.out or RESULTS / ("smoke.json" if a.smoke else "latest.json")
     selected = [s.strip() for s in a.scenarios.split(",") if s.strip()]

@@ -171,8 +171,24 @@ def machine_info(redis_url: str) -> dict[str, Any]:
         "redis_py": redis.__version__,
         "redis_server": redis_version,
         "platform": platform.platform(),
+        "git": _git_state(),
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
+
+
+def _git_state() -> str:
+    """Commit of the code measured, with "+dirty" if the work tree had changes."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True,
+                              capture_output=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", ":!bench/results"],
+                               cwd=REPO, text=True, capture_output=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head or "unknown") + ("+dirty" if dirty.strip() else "")
 
 
 class Harness:

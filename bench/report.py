@@ -49,7 +49,7 @@ def render(console: Console, machine: dict[str, Any], results: list[Result],
     m = machine
     title = (f"vast-dispatcher bench - {m['date']} - {m['nproc']} cores ({m['cpu']}), "
              f"{m['ram_gib']} GiB - Python {m['python']}, Celery {m['celery']}, "
-             f"Redis {m['redis_server']}")
+             f"Redis {m['redis_server']} - code {m.get('git', '?')}")
     table = Table(title=title, show_lines=False, title_justify="left")
     for name, justify in (("scenario", "left"), ("measure", "left"), ("value", "right"),
                           ("target", "right"), ("", "left"), ("note", "left")):
@@ -99,3 +99,30 @@ def write_json(path: Path, machine: dict[str, Any], config: dict[str, Any],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(_clean(doc), indent=2) + "\n")
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The table of a results JSON as Markdown, for bench/README.md."""
+    m = doc["machine"]
+    lines = [
+        f"{m['date']}; {m['nproc']} cores ({m['cpu']}), {m['ram_gib']} GiB; Python "
+        f"{m['python']}, Celery {m['celery']}, kombu {m['kombu']}, redis-py {m['redis_py']}, "
+        f"Redis {m['redis_server']}; code {m.get('git', '?')}",
+        "",
+        "| scenario | measure | value | target | | note |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    verdict = {True: "met", False: "**MISSED**", None: ""}
+    for sc in doc["scenarios"].values():
+        if sc.get("error"):
+            lines.append(f"| {sc['title']} | did not complete | | | | {sc['error'][:200]} |")
+        for i, row in enumerate(sc.get("rows", [])):
+            cells = [sc["title"] if i == 0 else "", row["measure"], row["value"],
+                     row["target"], verdict[row["ok"]], row["note"]]
+            lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    prof = (doc.get("profile") or {}).get("summary")
+    if prof:
+        lines += ["", f"Worker profile during scenario 1 ({prof['samples']} GIL samples, "
+                      "inclusive):", "", "| component | % of GIL samples |", "| --- | --- |"]
+        lines += [f"| {name.strip()} | {share} |" for name, share in prof.get("components_pct", [])]
+    return "\n".join(lines) + "\n"
