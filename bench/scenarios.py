@@ -236,7 +236,7 @@ def throughput(h: Harness, cfg: Config) -> Result:
     res.row("dispatcher / ceiling", f"{100 * ratio:.0f}%", ">= 60%", ratio >= 0.6)
     res.row("no-op with the dispatcher's Celery settings", f"{t_rate:.0f} jobs/s",
             note=f"{100 * t_rate / c_rate:.0f}% of the ceiling: acks late, 10 priority lists, "
-                 f"prefetch 1, task events {_spread([p.rate for p in twin])}")
+                 f"prefetch 1 {_spread([p.rate for p in twin])}")
     res.row("submit rate (1 thread): dispatcher / ceiling",
             f"{res.metrics['dispatcher_submit_per_s']:.0f} / "
             f"{res.metrics['ceiling_submit_per_s']:.0f} per s")
