@@ -1,5 +1,8 @@
+"""``python -m dispatcher.emulator``: the emulator as a process."""
+
 import sys
 
 from dispatcher.emulator.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,4 +1,8 @@
-"""``dispatcher emulator``: run the Vast emulator as a process until SIGINT/SIGTERM."""
+"""``dispatcher emulator`` / ``python -m dispatcher.emulator``: the emulator as a process.
+
+Prints one line with the route URL once listening (parents wait for it), then runs
+until SIGINT or SIGTERM and exits 0. Exit 2: bad config; 1: cannot listen.
+"""
 
 from __future__ import annotations
 
@@ -6,42 +10,55 @@ import argparse
 import signal
 import sys
 import threading
+from dataclasses import replace
 
 from dispatcher.emulator.config import DEFAULT_CONFIG, ConfigError, EmulatorConfig
 from dispatcher.emulator.server import Emulator
+
+DEFAULT_PORT = 8081
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="dispatcher emulator",
                                 description="A local Vast Serverless for development and tests.")
-    p.add_argument("--config", help="JSON or YAML file (default: one endpoint 'demo')")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8081, help="0 picks a free port")
+    p.add_argument("--config", help="JSON or YAML file (default: one endpoint 'demo', "
+                                    "scaled to zero, 5 s cold start)")
+    p.add_argument("--host", default="127.0.0.1", help="route API address (default %(default)s)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT,
+                   help="route API port (default %(default)s; 0 picks a free one)")
     p.add_argument("--api-key", default=None, help="override the config's api_key")
     a = p.parse_args(argv)
     try:
         config = (EmulatorConfig.from_file(a.config) if a.config
                   else EmulatorConfig.from_dict(DEFAULT_CONFIG))
-    except (OSError, ConfigError, ValueError) as e:
+        if a.api_key is not None:
+            config = replace(config, api_key=a.api_key)
+    except (OSError, ValueError) as e:  # ValueError covers ConfigError and bad JSON
         print(f"dispatcher emulator: error: {e}", file=sys.stderr)
         return 2
-    if a.api_key:
-        config = EmulatorConfig.from_dict({**_as_dict(config), "api_key": a.api_key})
+    except Exception as e:  # e.g. a YAML syntax error
+        print(f"dispatcher emulator: error: {a.config}: {e}", file=sys.stderr)
+        return 2
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    with Emulator(config, host=a.host, port=a.port) as vast:
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    vast = Emulator(config, host=a.host, port=a.port)
+    try:
+        try:
+            vast.start()
+        except (OSError, ConfigError) as e:
+            print(f"dispatcher emulator: error: cannot start on {a.host}:{a.port}: {e}",
+                  file=sys.stderr)
+            return 1
         print(f"Vast emulator listening: route {vast.route_url} "
               f"(endpoints: {', '.join(config.endpoints) or 'none'})", flush=True)
-        stop.wait()
-    return 0
-
-
-def _as_dict(config: EmulatorConfig) -> dict:
-    from dataclasses import asdict
-
-    d = asdict(config)
-    return d
+        while not stop.wait(0.5):
+            pass
+        return 0
+    finally:
+        vast.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

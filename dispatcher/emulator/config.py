@@ -1,113 +1,191 @@
-"""Emulator configuration: what the fake Vast endpoints and their workers do."""
+"""Emulator configuration: what the fake Vast endpoints and their workers do.
+
+Plain frozen dataclasses, built from dicts (JSON/YAML files, ``POST /_emulator/config``
+patches) and validated up front, so a typo fails at once with the field's name rather
+than as a strange behaviour minutes into a test.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields, replace
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-LATENCY_KINDS = ("fixed", "uniform", "lognormal")
+LATENCY_FIELDS = {"fixed": ("seconds",), "uniform": ("low", "high"),
+                  "lognormal": ("median", "sigma")}
 
 
 class ConfigError(ValueError):
-    pass
+    """A bad emulator config or patch; the message starts with the field's name."""
 
 
-def _check_rate(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-        raise ConfigError(f"{name}: must be a number from 0 to 1, got {value!r}")
+def check_number(name: str, value: Any, low: float = 0.0, high: float = math.inf) -> float:
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not math.isfinite(value) or not low <= value <= high):
+        bounds = f"from {low:g} to {high:g}" if high != math.inf else f">= {low:g}"
+        raise ConfigError(f"{name}: must be a number {bounds}, got {value!r}")
     return float(value)
 
 
-def _check_nonneg(name: str, value: Any, kind: type = float) -> Any:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ConfigError(f"{name}: must be a number >= 0, got {value!r}")
-    return kind(value)
+def check_integer(name: str, value: Any, low: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{name}: must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def check_latency(value: Any, name: str = "latency") -> dict[str, Any]:
+    """A validated copy of a latency distribution, e.g. ``{"kind": "fixed", "seconds": 1}``."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{name}: must be an object with 'kind', got {value!r}")
+    kind = value.get("kind")
+    if not isinstance(kind, str) or kind not in LATENCY_FIELDS:
+        raise ConfigError(f"{name}.kind: must be one of {sorted(LATENCY_FIELDS)}, got {kind!r}")
+    wanted = LATENCY_FIELDS[kind]
+    unknown = sorted(set(value) - {"kind", *wanted})
+    if unknown:
+        raise ConfigError(f"{name}: unknown field(s) {unknown} for kind {kind!r}")
+    out: dict[str, Any] = {"kind": kind}
+    for key in wanted:
+        if key not in value:
+            raise ConfigError(f"{name}.{key}: required for kind {kind!r}")
+        out[key] = check_number(f"{name}.{key}", value[key])
+    if kind == "uniform" and out["low"] > out["high"]:
+        raise ConfigError(f"{name}.high: must be >= low ({out['low']:g}), got {out['high']:g}")
+    return out
+
+
+def mean_latency(latency: Mapping[str, Any]) -> float:
+    kind = latency["kind"]
+    if kind == "fixed":
+        return latency["seconds"]
+    if kind == "uniform":
+        return (latency["low"] + latency["high"]) / 2
+    return latency["median"] * math.exp(latency["sigma"] ** 2 / 2)
 
 
 @dataclass(frozen=True)
 class EndpointConfig:
-    workers: int = 1  # ready at start
-    max_workers: int = 1
-    cold_start: float = 5.0
-    inactivity_timeout: float | None = None
-    concurrency: int = 1  # 1 = FIFO, one request at a time (Vast's default)
-    queue_depth: int = 1  # assignments per slot before "all busy"
+    """One Vast endpoint: its workers, how they start, stop, queue and misbehave."""
+
+    workers: int = 1  # ready at start; raising it on a running endpoint starts more now
+    max_workers: int | None = None  # None: max(workers, 1); ports for all are bound at start
+    cold_start: float = 5.0  # seconds from "demand found no capacity" to routable
+    inactivity_timeout: float | None = None  # idle seconds before a ready worker stops
+    concurrency: int = 1  # requests a worker runs at once; 1 = FIFO (Vast's default)
+    queue_depth: int = 1  # a worker takes assignments while outstanding < concurrency * this
     latency: dict[str, Any] = field(default_factory=lambda: {"kind": "fixed", "seconds": 0.05})
-    failure_rate: float = 0.0
-    hang_workers: int = 0
-    hang_rate: float = 0.0
-    max_queue_time: float = 30.0
-    warmup_errors: int = 0
-    assignment_ttl: float = 30.0
+    failure_rate: float = 0.0  # chance an execution answers 500
+    hang_workers: int = 0  # the first N workers never answer
+    hang_rate: float = 0.0  # chance an execution never answers
+    max_queue_time: float = 30.0  # admission control: 429 above this estimated wait
+    warmup_errors: int = 0  # a just-started worker answers 401/500 to its first N requests
+    assignment_ttl: float = 30.0  # an assignment never used frees its slot after this
 
     def __post_init__(self) -> None:
-        for name in ("workers", "max_workers", "hang_workers", "warmup_errors"):
-            _check_nonneg(name, getattr(self, name), int)
+        for name in ("workers", "hang_workers", "warmup_errors"):
+            check_integer(name, getattr(self, name))
+        for name in ("concurrency", "queue_depth"):
+            check_integer(name, getattr(self, name), low=1)
         for name in ("cold_start", "max_queue_time", "assignment_ttl"):
-            _check_nonneg(name, getattr(self, name))
+            check_number(name, getattr(self, name))
         for name in ("failure_rate", "hang_rate"):
-            _check_rate(name, getattr(self, name))
-        if self.concurrency < 1 or self.queue_depth < 1:
-            raise ConfigError("concurrency and queue_depth: must be >= 1")
-        if self.workers > self.max_workers:
-            object.__setattr__(self, "max_workers", self.workers)
+            check_number(name, getattr(self, name), high=1.0)
         if self.inactivity_timeout is not None:
-            _check_nonneg("inactivity_timeout", self.inactivity_timeout)
-        kind = self.latency.get("kind") if isinstance(self.latency, dict) else None
-        if kind not in LATENCY_KINDS:
-            raise ConfigError(f"latency.kind: must be one of {LATENCY_KINDS}, got {kind!r}")
+            check_number("inactivity_timeout", self.inactivity_timeout)
+        if self.max_workers is not None:
+            check_integer("max_workers", self.max_workers)
+            if self.max_workers < self.workers:
+                raise ConfigError(f"max_workers: must be >= workers ({self.workers}), "
+                                  f"got {self.max_workers}")
+        object.__setattr__(self, "latency", check_latency(self.latency))
+
+    @property
+    def worker_limit(self) -> int:
+        """How many workers the endpoint has (each with its own port)."""
+        return self.max_workers if self.max_workers is not None else max(self.workers, 1)
+
+    @property
+    def capacity(self) -> int:
+        """Outstanding requests a ready worker takes before it counts as busy."""
+        return self.concurrency * self.queue_depth
+
+    @property
+    def mean_latency(self) -> float:
+        return mean_latency(self.latency)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], base: EndpointConfig | None = None) -> EndpointConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
+    def from_dict(cls, d: Mapping[str, Any], base: EndpointConfig | None = None) -> EndpointConfig:
+        """A config from a dict; with ``base``, a partial patch over it."""
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"endpoint: must be an object, got {d!r}")
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:
-            raise ConfigError(f"endpoint: unknown field(s) {sorted(unknown)}")
-        return replace(base, **d) if base else cls(**d)
-
-    def mean_latency(self) -> float:
-        lat = self.latency
-        if lat["kind"] == "fixed":
-            return float(lat.get("seconds", 0.05))
-        if lat["kind"] == "uniform":
-            return (float(lat["low"]) + float(lat["high"])) / 2
-        return float(lat["median"])
+            raise ConfigError(f"endpoint: unknown field(s) {unknown}")
+        try:
+            return replace(base, **d) if base is not None else cls(**d)
+        except TypeError as e:  # a value of a type the checks did not expect
+            raise ConfigError(f"endpoint: {e}") from None
 
 
 @dataclass(frozen=True)
 class EmulatorConfig:
+    """The whole emulator: the route API's key and faults, and its endpoints."""
+
     api_key: str = "emulator-key"
-    rate_limit: dict[str, float] | None = None  # {"rate": per second, "burst": n}
-    route_error_rate: float = 0.0
-    route_429_rate: float = 0.0
-    route_reset_rate: float = 0.0
-    route_latency: float = 0.0
-    seed: int | None = None
+    rate_limit: dict[str, float] | None = None  # token bucket per (endpoint, key)
+    route_error_rate: float = 0.0  # chance /route/ answers 500/502/503
+    route_429_rate: float = 0.0  # chance /route/ answers 429
+    route_reset_rate: float = 0.0  # chance /route/ resets the connection, no HTTP answer
+    route_latency: float = 0.0  # seconds added to every /route/ call
     endpoints: dict[str, EndpointConfig] = field(default_factory=dict)
+    seed: int | None = None  # for reproducible fault injection and latencies
 
     def __post_init__(self) -> None:
+        if not isinstance(self.api_key, str) or not self.api_key:
+            raise ConfigError(f"api_key: must be a non-empty string, got {self.api_key!r}")
         for name in ("route_error_rate", "route_429_rate", "route_reset_rate"):
-            _check_rate(name, getattr(self, name))
-        _check_nonneg("route_latency", self.route_latency)
+            check_number(name, getattr(self, name), high=1.0)
+        check_number("route_latency", self.route_latency)
+        if self.seed is not None and (isinstance(self.seed, bool)
+                                      or not isinstance(self.seed, int)):
+            raise ConfigError(f"seed: must be an integer or null, got {self.seed!r}")
         if self.rate_limit is not None:
-            if not {"rate", "burst"} <= set(self.rate_limit):
-                raise ConfigError("rate_limit: needs 'rate' (per second) and 'burst'")
+            rl = self.rate_limit
+            if not isinstance(rl, Mapping) or set(rl) != {"rate", "burst"}:
+                raise ConfigError(f"rate_limit: must be null or {{\"rate\": per_second, "
+                                  f"\"burst\": n}}, got {rl!r}")
+            rate = check_number("rate_limit.rate", rl["rate"])
+            burst = check_number("rate_limit.burst", rl["burst"], low=1.0)
+            if rate <= 0:
+                raise ConfigError(f"rate_limit.rate: must be > 0, got {rate!r}")
+            object.__setattr__(self, "rate_limit", {"rate": rate, "burst": burst})
+        if not isinstance(self.endpoints, Mapping):
+            raise ConfigError(f"endpoints: must be an object, got {self.endpoints!r}")
+        eps: dict[str, EndpointConfig] = {}
+        for name, ep in self.endpoints.items():
+            if not isinstance(name, str) or not name:
+                raise ConfigError(f"endpoints: names must be non-empty strings, got {name!r}")
+            eps[name] = ep if isinstance(ep, EndpointConfig) else _endpoint(name, ep)
+        object.__setattr__(self, "endpoints", eps)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> EmulatorConfig:
-        d = dict(d)
-        raw = d.pop("endpoints", {}) or {}
-        eps = {name: EndpointConfig.from_dict(e) for name, e in raw.items()}
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
+    def from_dict(cls, d: Mapping[str, Any]) -> EmulatorConfig:
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"emulator config: must be an object, got {d!r}")
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:
-            raise ConfigError(f"emulator config: unknown field(s) {sorted(unknown)}")
-        return cls(endpoints=eps, **d)
+            raise ConfigError(f"emulator config: unknown field(s) {unknown}")
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise ConfigError(f"emulator config: {e}") from None
 
     @classmethod
     def from_file(cls, path: str | Path) -> EmulatorConfig:
+        """JSON, or YAML for ``.yml``/``.yaml`` files."""
         text = Path(path).read_text()
         if str(path).endswith((".yml", ".yaml")):
             import yaml
@@ -115,8 +193,41 @@ class EmulatorConfig:
             return cls.from_dict(yaml.safe_load(text) or {})
         return cls.from_dict(json.loads(text))
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
-DEFAULT_CONFIG = {
+    def patched(self, patch: Mapping[str, Any]) -> EmulatorConfig:
+        """This config with top-level fields replaced and ``endpoints`` merged per field."""
+        if not isinstance(patch, Mapping):
+            raise ConfigError(f"config patch: must be an object, got {patch!r}")
+        patch = dict(patch)
+        unknown = sorted(set(patch) - {f.name for f in fields(self)})
+        if unknown:
+            raise ConfigError(f"config patch: unknown field(s) {unknown}")
+        eps = dict(self.endpoints)
+        raw = patch.pop("endpoints", None)
+        raw = {} if raw is None else raw
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"endpoints: must be an object, got {raw!r}")
+        for name, ep_patch in raw.items():
+            eps[name] = _endpoint(name, ep_patch, self.endpoints.get(name))
+        try:
+            return replace(self, endpoints=eps, **patch)
+        except TypeError as e:
+            raise ConfigError(f"config patch: {e}") from None
+
+
+def _endpoint(name: Any, d: Any, base: EndpointConfig | None = None) -> EndpointConfig:
+    try:
+        return EndpointConfig.from_dict(d, base)
+    except ConfigError as e:
+        msg = str(e)
+        where = f"endpoints.{name}"
+        raise ConfigError(f"{where}: {msg.removeprefix('endpoint: ')}"
+                          if msg.startswith("endpoint: ") else f"{where}.{msg}") from None
+
+
+DEFAULT_CONFIG: dict[str, Any] = {
     "endpoints": {
         "demo": {"workers": 0, "max_workers": 2, "cold_start": 5.0, "inactivity_timeout": 300,
                  "concurrency": 4, "latency": {"kind": "lognormal", "median": 0.3, "sigma": 0.3}},

@@ -1,6 +1,7 @@
-"""The emulated GPU fleet: endpoints, their workers, cold starts and scale to zero.
+"""The emulated GPU fleet's state: endpoints, their workers, demand and capacity.
 
-Everything here runs on the emulator's one event loop, so no locks are needed.
+Plain data and pure decisions (who gets the next assignment, how many workers demand
+wants). Everything runs on the emulator's one event loop, so no locks are needed.
 """
 
 from __future__ import annotations
@@ -10,91 +11,170 @@ import hashlib
 import json
 import math
 import random
+import socket
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from dispatcher.emulator.config import EndpointConfig
+from dispatcher.emulator.config import EmulatorConfig, EndpointConfig
+from dispatcher.emulator.stats import Stats
 
 STOPPED, LOADING, READY = "stopped", "loading", "ready"
 
 
+def now() -> float:
+    return time.monotonic()
+
+
 def payload_id(payload: Any) -> str:
+    """``payload["id"]`` when there is one, else a hash of the payload's canonical JSON."""
     if isinstance(payload, dict) and "id" in payload:
         return str(payload["id"])
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha1(blob.encode()).hexdigest()
 
 
-@dataclass
+def draw_latency(latency: dict[str, Any], rng: random.Random) -> float:
+    kind = latency["kind"]
+    if kind == "fixed":
+        return latency["seconds"]
+    if kind == "uniform":
+        return rng.uniform(latency["low"], latency["high"])
+    return latency["median"] * math.exp(rng.gauss(0.0, latency["sigma"]))
+
+
+class Gate:
+    """A worker's execution slots: FIFO order, with the limit read live so a config
+    patch of ``concurrency`` applies to requests already waiting."""
+
+    def __init__(self, limit: Callable[[], int]) -> None:
+        self.limit = limit
+        self.running = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    async def acquire(self) -> None:
+        if self.running < self.limit() and not self._waiters:
+            self.running += 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():  # granted a slot just as it was cancelled
+                self.release()
+            elif fut in self._waiters:
+                self._waiters.remove(fut)
+            raise
+
+    def release(self) -> None:
+        self.running -= 1
+        self.wake()
+
+    def wake(self) -> None:
+        while self._waiters and self.running < self.limit():
+            fut = self._waiters.popleft()
+            if not fut.done():
+                self.running += 1
+                fut.set_result(None)
+
+
+@dataclass(eq=False)
 class Worker:
-    endpoint: str
+    """One GPU instance: a loopback port of its own, listening only while ready."""
+
+    endpoint: Endpoint
     index: int
-    host: str
-    hang: bool = False
-    port: int = 0
+    sock: socket.socket | None  # bound but not listening while stopped: connections refused
+    port: int
     state: str = STOPPED
-    ready_at: float = 0.0
+    generation: int = 0  # bumped on every start/stop, so stale timers do nothing
     last_active: float = 0.0
-    outstanding: int = 0  # assigned-not-arrived + queued + running
-    queued: int = 0  # waiting for a slot
-    running: int = 0
     warmup_left: int = 0
-    starting: bool = False
-    expected: dict[int, float] = field(default_factory=dict)  # reqnum -> assignment deadline
+    opening: bool = False
+    gone: bool = False  # discarded: its port is released for good
+    expected: dict[int, float] = field(default_factory=dict)  # reqnum -> deadline to arrive
     runner: web.AppRunner | None = None
-    site: web.TCPSite | None = None
-    sem: asyncio.Semaphore | None = None
+    site: web.SockSite | None = None
+    timer: asyncio.TimerHandle | None = None
+    gate: Gate = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.gate = Gate(lambda: self.endpoint.config.concurrency)
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def hangs(self) -> bool:
+        return self.index < self.endpoint.config.hang_workers
+
+    @property
+    def outstanding(self) -> int:
+        """Assigned-not-yet-arrived + queued + running."""
+        return len(self.expected) + self.gate.queued + self.gate.running
 
 
-@dataclass
+@dataclass(eq=False)
 class Endpoint:
     name: str
     config: EndpointConfig
     workers: list[Worker] = field(default_factory=list)
-    pending: dict[int, float] = field(default_factory=dict)  # request_idx -> last poll
+    pending: dict[int, float] = field(default_factory=dict)  # request_idx -> expiry
     used_reqnums: set[int] = field(default_factory=set)
     next_reqnum: int = 0
 
     def counts(self) -> dict[str, int]:
-        c = {STOPPED: 0, LOADING: 0, READY: 0}
+        c = {READY: 0, LOADING: 0, STOPPED: 0}
         for w in self.workers:
             c[w.state] += 1
         return c
 
     def status_text(self) -> str:
+        """Free text, as Vast's: callers must show it, never parse it."""
         c = self.counts()
         if c[READY] == 0 and c[LOADING] == 0:
             return "Stopped"
         idle = sum(1 for w in self.workers if w.state == READY and w.outstanding == 0)
         return f"{c[LOADING]} loading, {idle} idle, {c[READY] - idle} busy"
 
-    def capacity(self) -> int:
-        return self.config.concurrency * self.config.queue_depth
-
     def pick_worker(self) -> Worker | None:
-        free = [w for w in self.workers if w.state == READY and w.outstanding < self.capacity()]
-        return min(free, key=lambda w: w.outstanding) if free else None
+        """The least loaded ready worker with a free slot, if any."""
+        cap = self.config.capacity
+        best: Worker | None = None
+        best_load = cap
+        for w in self.workers:
+            if w.state == READY:
+                load = w.outstanding
+                if load < best_load:
+                    best, best_load = w, load
+        return best
 
-    def wanted_workers(self) -> int:
+    def workers_to_start(self) -> list[Worker]:
+        """Stopped workers to cold-start so capacity roughly covers demand."""
         demand = len(self.pending) + sum(w.outstanding for w in self.workers)
-        return min(self.config.max_workers, math.ceil(demand / self.capacity()))
+        wanted = min(len(self.workers), math.ceil(demand / self.config.capacity))
+        active = sum(1 for w in self.workers if w.state != STOPPED)
+        stopped = [w for w in self.workers if w.state == STOPPED]
+        return stopped[: max(0, wanted - active)]
 
 
-def draw_latency(cfg: EndpointConfig, rng: random.Random) -> float:
-    lat = cfg.latency
-    if lat["kind"] == "fixed":
-        return float(lat.get("seconds", 0.05))
-    if lat["kind"] == "uniform":
-        return rng.uniform(float(lat["low"]), float(lat["high"]))
-    return float(lat["median"]) * math.exp(rng.gauss(0.0, float(lat.get("sigma", 0.5))))
+@dataclass(eq=False)
+class Fleet:
+    """Everything the router and the workers share."""
 
-
-def now() -> float:
-    return time.monotonic()
+    config: EmulatorConfig
+    rng: random.Random
+    secret: bytes
+    stats: Stats = field(default_factory=Stats)
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    last_request_idx: int = 0

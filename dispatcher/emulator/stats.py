@@ -1,4 +1,8 @@
-"""The emulator's ground truth, read by tests and benchmarks."""
+"""The emulator's ground truth, read by tests and benchmarks (``GET /_emulator/stats``).
+
+Tests assert on what really happened at the "GPU" (how often each payload ran), never on
+what the dispatcher believes happened.
+"""
 
 from __future__ import annotations
 
@@ -8,38 +12,51 @@ from typing import Any
 
 ROUTE_OUTCOMES = ("calls", "assigned", "no_worker", "bad_request", "unauthorized",
                   "rate_limited", "server_error", "reset")
-WORKER_COUNTERS = ("executions", "succeeded", "failed", "hung", "rejected_signature",
-                   "rejected_replay", "malformed", "admission_rejected")
+WORKER_COUNTERS = ("executions", "succeeded", "failed", "hung", "cancelled",
+                   "rejected_signature", "rejected_replay", "malformed", "admission_rejected",
+                   "warmup_rejected")
 
 
 @dataclass
 class Stats:
-    route: Counter = field(default_factory=Counter)
-    worker: Counter = field(default_factory=Counter)
-    executions_by_payload: Counter = field(default_factory=Counter)
+    route: Counter[str] = field(default_factory=Counter)
+    worker: Counter[str] = field(default_factory=Counter)
+    executions_by_payload: Counter[str] = field(default_factory=Counter)
     worker_seconds_by_payload: dict[str, float] = field(default_factory=dict)
     route_seconds_total: float = 0.0
     assignments: int = 0
     in_flight: int = 0
     peak_in_flight: int = 0
 
-    def enter(self) -> None:
+    def execution_started(self, pid: str) -> int:
+        """Count one execution of payload ``pid``; returns how many it has had so far."""
+        self.worker["executions"] += 1
+        self.executions_by_payload[pid] += 1
         self.in_flight += 1
-        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        if self.in_flight > self.peak_in_flight:
+            self.peak_in_flight = self.in_flight
+        return self.executions_by_payload[pid]
 
-    def leave(self) -> None:
+    def execution_ended(self, pid: str, seconds: float) -> None:
         self.in_flight -= 1
+        self.worker_seconds_by_payload[pid] = seconds
+
+    def reset(self) -> None:
+        """Zero every counter; executions still running stay counted as in flight."""
+        in_flight = self.in_flight
+        self.__init__()  # type: ignore[misc]
+        self.in_flight = self.peak_in_flight = in_flight
 
     def snapshot(self) -> dict[str, Any]:
         execs = dict(self.executions_by_payload)
+        workers = {k: self.worker.get(k, 0) for k in WORKER_COUNTERS}
+        live = {"in_flight": self.in_flight, "peak_in_flight": self.peak_in_flight}
         return {
             "route": {k: self.route.get(k, 0) for k in ROUTE_OUTCOMES},
             "assignments": self.assignments,
-            "workers": {**{k: self.worker.get(k, 0) for k in WORKER_COUNTERS},
-                        "in_flight": self.in_flight, "peak_in_flight": self.peak_in_flight},
-            **{k: self.worker.get(k, 0) for k in WORKER_COUNTERS},
-            "in_flight": self.in_flight,
-            "peak_in_flight": self.peak_in_flight,
+            "workers": {**workers, **live},
+            **workers,  # also at the top level, for short assertions
+            **live,
             "executions_by_payload": execs,
             "duplicate_executions": sum(n - 1 for n in execs.values() if n > 1),
             "worker_seconds_by_payload": dict(self.worker_seconds_by_payload),

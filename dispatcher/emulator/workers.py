@@ -1,0 +1,304 @@
+"""The emulated GPU workers: their lifecycle and their HTTP side.
+
+Each worker is its own aiohttp site on its own loopback port, bound when the endpoint is
+created. A stopped worker keeps the port bound but does not listen, so a client gets
+"connection refused", as from a Vast instance that is gone; stopping a worker also
+resets every connection it had, so requests in flight die as they do on a real instance.
+
+The request path is a real worker's: JSON with ``auth_data`` and ``payload`` (else 422),
+the required ``auth_data`` fields (else 422), the signature, the url and a once-only
+``reqnum`` (else 401), admission control on estimated queue time (else 429), then the
+work itself, FIFO or in parallel. A client that disconnects cancels its request, queued
+or running, as Vast's worker does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import struct
+import time
+from typing import Any
+
+from aiohttp import web
+
+from dispatcher.emulator import signing
+from dispatcher.emulator.config import ConfigError
+from dispatcher.emulator.directives import parse_directives
+from dispatcher.emulator.fleet import (
+    LOADING,
+    READY,
+    STOPPED,
+    Endpoint,
+    Fleet,
+    Worker,
+    draw_latency,
+    now,
+    payload_id,
+)
+
+log = logging.getLogger("dispatcher.emulator")
+
+BACKLOG = 4096
+MAX_BODY = 64 * 1024 * 1024
+REQUIRED_AUTH = ("cost", "endpoint", "reqnum", "request_idx", "signature", "url")
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def reset(transport: Any) -> None:
+    """Drop a connection with a TCP reset and no HTTP answer."""
+    if transport is None or transport.is_closing():
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        except OSError:
+            pass
+    transport.abort()
+
+
+def bind_port(port: int = 0) -> socket.socket:
+    """A loopback socket bound to ``port`` but not listening: connections are refused."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _text(status: int, text: str) -> web.Response:
+    return web.Response(status=status, text=text)
+
+
+class Workers:
+    """Starts and stops workers, and answers their requests."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def resize(self, ep: Endpoint) -> None:
+        """Give the endpoint exactly ``worker_limit`` workers, each with a bound port."""
+        limit = ep.config.worker_limit
+        while len(ep.workers) < limit:
+            sock = bind_port()
+            w = Worker(ep, len(ep.workers), sock, sock.getsockname()[1])
+            app = web.Application(client_max_size=MAX_BODY)
+
+            async def handler(request: web.Request, w: Worker = w) -> web.StreamResponse:
+                return await self.handle(request, w)
+
+            app.router.add_route("*", "/{tail:.*}", handler)
+            w.runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     handler_cancellation=True, shutdown_timeout=1.0)
+            await w.runner.setup()
+            ep.workers.append(w)
+        while len(ep.workers) > limit:
+            await self.discard(ep.workers.pop())
+
+    def start_cold(self, w: Worker, seconds: float) -> None:
+        """Begin loading a stopped worker; it becomes routable after ``seconds``."""
+        if w.state != STOPPED:
+            return
+        w.state = LOADING
+        w.generation += 1
+        loop = asyncio.get_running_loop()
+        w.timer = loop.call_later(max(0.0, seconds), self._open_later, w, w.generation)
+
+    async def start_now(self, w: Worker) -> None:
+        """Make a stopped or loading worker ready at once."""
+        if w.state == READY:
+            return
+        if w.timer is not None:
+            w.timer.cancel()
+        if w.state == STOPPED:
+            w.state = LOADING
+            w.generation += 1
+        await self.open(w, w.generation)
+
+    async def open(self, w: Worker, generation: int) -> None:
+        """LOADING -> READY: listen on the worker's port (unless it was stopped meanwhile)."""
+        if w.state != LOADING or w.generation != generation or w.opening:
+            return
+        w.timer = None
+        w.opening = True
+        try:
+            if w.sock is None:
+                w.sock = bind_port(w.port)
+            site = web.SockSite(w.runner, w.sock, backlog=BACKLOG)  # type: ignore[arg-type]
+            await site.start()
+        except OSError as e:
+            log.warning("emulator: worker %s cannot listen on port %d: %s", w.url, w.port, e)
+            w.state = STOPPED
+            w.generation += 1
+            return
+        finally:
+            w.opening = False
+        w.sock = None  # the site owns it now
+        if w.state != LOADING or w.generation != generation:  # stopped while opening
+            with contextlib.suppress(RuntimeError):  # already unregistered by a discard
+                await site.stop()
+            if not w.gone:
+                w.sock = self._rebind(w)
+            return
+        w.site = site
+        w.state = READY
+        w.generation += 1
+        w.last_active = now()
+        w.warmup_left = w.endpoint.config.warmup_errors
+
+    async def stop(self, w: Worker) -> None:
+        """Any state -> STOPPED: refuse new connections, reset the open ones."""
+        if w.timer is not None:
+            w.timer.cancel()
+            w.timer = None
+        w.state = STOPPED
+        w.generation += 1
+        w.expected.clear()
+        server = w.runner.server if w.runner is not None else None
+        for conn in server.connections if server is not None else ():
+            reset(conn.transport)  # in-flight handlers are cancelled when it is lost
+        if w.site is not None:
+            site, w.site = w.site, None
+            await site.stop()  # closes the listening socket
+            if not w.gone:
+                w.sock = self._rebind(w)
+
+    async def discard(self, w: Worker) -> None:
+        """Stop a worker for good and release its port."""
+        w.gone = True
+        await self.stop(w)
+        if w.runner is not None:
+            await w.runner.cleanup()
+            w.runner = None
+        if w.sock is not None:
+            w.sock.close()
+            w.sock = None
+
+    def _rebind(self, w: Worker) -> socket.socket | None:
+        try:
+            return bind_port(w.port)
+        except OSError as e:  # someone took the port meanwhile; the next start retries
+            log.warning("emulator: cannot re-reserve port %d of %s: %s", w.port, w.url, e)
+            return None
+
+    def _open_later(self, w: Worker, generation: int) -> None:
+        task = asyncio.get_running_loop().create_task(self.open(w, generation))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- requests --------------------------------------------------------------------
+
+    async def handle(self, request: web.Request, w: Worker) -> web.StreamResponse:
+        if w.state != READY:  # a kept-alive connection to a worker stopped since
+            reset(request.transport)
+            return _text(503, "worker stopped")
+        st = self.fleet.stats
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if (not isinstance(body, dict) or not isinstance(body.get("auth_data"), dict)
+                or "payload" not in body):
+            st.worker["malformed"] += 1
+            return _text(422, "body must be a JSON object with auth_data (an object) and payload")
+        auth: dict[str, Any] = body["auth_data"]
+        missing = [f for f in REQUIRED_AUTH if f not in auth]
+        if missing:
+            st.worker["malformed"] += 1
+            return _text(422, f"auth_data: missing field(s): {', '.join(missing)}")
+        try:
+            directives = parse_directives(body["payload"])
+        except ConfigError as e:
+            st.worker["malformed"] += 1
+            self._release_slot(w, auth)
+            return _text(422, str(e))
+        if w.warmup_left > 0:  # just started: the key or the model is not loaded yet
+            w.warmup_left -= 1
+            st.worker["warmup_rejected"] += 1
+            self._release_slot(w, auth)
+            if (w.endpoint.config.warmup_errors - w.warmup_left) % 2:
+                return _text(401, "signature check failed: public key not loaded yet")
+            return _text(500, "model not loaded yet")
+        if not signing.verify(self.fleet.secret, auth):
+            st.worker["rejected_signature"] += 1
+            return _text(401, "signature verification failed")
+        if auth["url"] != w.url:
+            st.worker["rejected_signature"] += 1
+            return _text(401, "signature verification failed: assignment is for another worker")
+        ep = w.endpoint
+        reqnum = auth["reqnum"]
+        if reqnum in ep.used_reqnums:
+            st.worker["rejected_replay"] += 1
+            return _text(401, f"signature verification failed: reqnum {reqnum} already used")
+        ep.used_reqnums.add(reqnum)
+        w.expected.pop(reqnum, None)
+        w.last_active = now()
+        cfg = ep.config
+        gate = w.gate
+        # Vast's worker: the work already here (queued and running) over its parallelism.
+        if (gate.queued + gate.running) * cfg.mean_latency / cfg.concurrency > cfg.max_queue_time:
+            st.worker["admission_rejected"] += 1
+            return _text(429, "estimated queue time exceeds max_queue_time")
+        return await self._execute(request, w, body["payload"], directives, reqnum)
+
+    def _release_slot(self, w: Worker, auth: dict[str, Any]) -> None:
+        """A genuine assignment that arrived but was refused frees its slot at once."""
+        reqnum = auth.get("reqnum")
+        if isinstance(reqnum, int) and reqnum in w.expected and signing.verify(
+                self.fleet.secret, auth):
+            del w.expected[reqnum]
+
+    async def _execute(self, request: web.Request, w: Worker, payload: Any,
+                       directives: dict[str, Any], reqnum: Any) -> web.StreamResponse:
+        st = self.fleet.stats
+        pid = payload_id(payload)
+        await w.gate.acquire()  # FIFO; cancelled here if the client leaves while queued
+        started = time.perf_counter()
+        n_exec = st.execution_started(pid)
+        try:
+            return await self._answer(request, w, payload, directives, n_exec, reqnum)
+        except asyncio.CancelledError:
+            st.worker["cancelled"] += 1
+            raise
+        finally:
+            w.gate.release()
+            st.execution_ended(pid, time.perf_counter() - started)
+            w.last_active = now()
+
+    async def _answer(self, request: web.Request, w: Worker, payload: Any, d: dict[str, Any],
+                      n_exec: int, reqnum: Any) -> web.StreamResponse:
+        st, cfg, rng = self.fleet.stats, w.endpoint.config, self.fleet.rng
+        if w.hangs or d.get("hang") or (cfg.hang_rate and rng.random() < cfg.hang_rate):
+            st.worker["hung"] += 1
+            await asyncio.get_running_loop().create_future()  # ends only by cancellation
+        await asyncio.sleep(d["sleep"] if "sleep" in d else draw_latency(cfg.latency, rng))
+        if "status" in d:
+            status = d["status"]
+            st.worker["succeeded" if status < 400 else "failed"] += 1
+            if status in (204, 304):
+                return web.Response(status=status)
+            return _text(status, f"emulated status {status}")
+        if n_exec <= d.get("fail_times", 0) or (
+                cfg.failure_rate and rng.random() < cfg.failure_rate):
+            st.worker["failed"] += 1
+            return _text(500, "Internal Server Error (emulated)")
+        st.worker["succeeded"] += 1
+        if "text" in d:
+            return web.Response(text=d["text"], content_type="text/plain")
+        answer: dict[str, Any] = {"ok": True, "endpoint": w.endpoint.name, "path": request.path,
+                                  "worker": w.url, "reqnum": reqnum, "payload": payload}
+        if "size" in d:
+            pad = d["size"] - len(json.dumps(answer)) - len(',"padding":""')
+            answer["padding"] = "x" * max(0, pad)
+        return web.json_response(answer)
