@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "STATUSES", "Client", "InvalidJob", "Job", "Settings", "WaitTimeout", "app",
-    "cancel", "get_job", "submit", "wait",
+    "cancel", "cancel_many", "get_job", "purge", "stats", "submit", "wait",
 ]
 
 _app: Celery | None = None
@@ -81,3 +81,18 @@ def wait(job_id: str, timeout: float = 60.0) -> Job:
 
 def cancel(job_id: str) -> bool:
     return default_client().cancel(job_id)
+
+
+def cancel_many(job_ids: list[str]) -> list[str]:
+    return default_client().cancel_many(job_ids)
+
+
+def purge(endpoint: str) -> int:
+    """Cancel all queued and waiting jobs of an endpoint; returns how many."""
+    return default_client().purge(endpoint)
+
+
+def stats() -> dict[str, Any]:
+    """Per-endpoint queue health: jobs by state, oldest wait, route calls/s, 429s,
+    success/failure counts and p50/p95 wait and run times (see the README)."""
+    return default_client().stats()

@@ -6,17 +6,39 @@ environment. Tests and tools build their own with ``make_app(settings)``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from celery import Celery
 
 from dispatcher.settings import Settings, get_settings
-from dispatcher.store import PRIORITY_SEP, PRIORITY_STEPS
+from dispatcher.store import PRIORITY_SEP, PRIORITY_STEPS, Due
 
 DISPATCH_TASK = "dispatcher.dispatch"
+WEBHOOK_TASK = "dispatcher.webhook"
 
 
 def broker_priority(priority: int) -> int:
     """Our priority 9 is the most urgent; kombu's Redis transport serves 0 first."""
     return 9 - priority
+
+
+def publish(app: Celery, task: str, due: Iterable[Due], queue: str) -> int:
+    """Send one message per due job (or webhook delivery): only its id and schedule number.
+
+    ``shadow`` and ``argsrepr`` are what Flower and the worker log show: the
+    endpoint and the job id, never the payload.
+    """
+    n = 0
+    verb = "dispatch" if task == DISPATCH_TASK else "webhook"
+    with app.producer_or_acquire() as producer:
+        for d in due:
+            app.send_task(
+                task, args=[d.id, d.seq], queue=queue, producer=producer,
+                priority=broker_priority(d.priority), shadow=f"{verb} {d.endpoint}",
+                argsrepr=f"job={d.id} seq={d.seq} priority={d.priority}",
+            )
+            n += 1
+    return n
 
 
 def make_app(settings: Settings | None = None, *, main: bool = False) -> Celery:
@@ -53,9 +75,10 @@ def make_app(settings: Settings | None = None, *, main: bool = False) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         # Off by default: three event publishes per task cost ~10% of worker CPU
-        # (measured in bench/). `dispatcher worker --events` turns them on for Flower.
-        worker_send_task_events=False,
-        task_send_sent_event=False,
+        # (measured in bench/). DISPATCHER_TASK_EVENTS=1 or `dispatcher worker --events`
+        # turns them on for Flower.
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
         worker_concurrency=settings.concurrency,
         worker_pool="threads",
         task_ignore_result=True,

@@ -5,16 +5,17 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from celery import Celery
 
 from dispatcher import jobs
-from dispatcher.celery_app import DISPATCH_TASK, broker_priority, make_app
+from dispatcher.celery_app import DISPATCH_TASK, WEBHOOK_TASK, make_app, publish
 from dispatcher.jobs import Job
 from dispatcher.settings import Settings, get_settings
-from dispatcher.store import Store, connect
-from dispatcher.validation import check_job, check_job_id
+from dispatcher.store import Due, Store, connect
+from dispatcher.validation import check_job, check_job_id, check_webhook
 
 log = logging.getLogger("dispatcher.client")
 
@@ -31,7 +32,8 @@ class Client:
     def __init__(self, settings: Settings | None = None, app: Celery | None = None) -> None:
         self.settings = settings or get_settings()
         self.app = app or make_app(self.settings)
-        self.store = Store(connect(self.settings.redis_url, 32), self.settings.queue)
+        self.store = Store(connect(self.settings.redis_url, 32), self.settings.queue,
+                           self.settings.route_budget())
 
     def submit(
         self,
@@ -44,9 +46,14 @@ class Client:
         timeout: float | None = None,
         priority: int = 0,
         job_id: str | None = None,
+        webhook: str | None = None,
+        webhook_events: Sequence[str] = ("completed",),
     ) -> str:
         """Queue a job; returns its id. ``job_id`` is an idempotency key.
 
+        ``priority`` 9 is the most urgent. ``webhook`` gets a signed POST of the
+        job when it ends (``webhook_events``: "completed" = any end, or some of
+        "succeeded", "failed", "expired", "cancelled").
         Raises ``InvalidJob`` (a ``ValueError``) naming the bad field.
         """
         s = self.settings
@@ -56,6 +63,7 @@ class Client:
             timeout=s.default_timeout if timeout is None else timeout,
             priority=priority,
         )
+        hook = None if webhook is None else check_webhook(s, webhook, list(webhook_events))
         job_id = uuid.uuid4().hex if job_id is None else check_job_id(job_id)
         fields = {
             "id": job_id,
@@ -69,11 +77,13 @@ class Client:
             "priority": spec.priority,
             "queue": s.queue,
         }
+        if hook:
+            fields.update(webhook=hook[0], webhook_events=hook[1])
         if not self.store.create(job_id, fields, s.publish_grace):
             return job_id  # already submitted: same job, never a second run
         try:
-            self.app.send_task(DISPATCH_TASK, args=[job_id, 0], queue=s.queue,
-                               priority=broker_priority(spec.priority))
+            publish(self.app, DISPATCH_TASK, [Due(job_id, 0, spec.priority, spec.endpoint)],
+                    s.queue)
         except Exception as e:
             # The job is safe in Redis: the waiting set republishes it after the grace.
             log.warning("job %s stored but not published yet (%s); a worker will pick it up",
@@ -102,11 +112,50 @@ class Client:
 
         A job already on a GPU may still run there; its result is then dropped.
         """
-        outcome = self.store.finish(
-            job_id, jobs.CANCELLED, self.settings.result_ttl,
-            {"error": "cancelled by request", "error_kind": "cancelled"},
-        )
-        return outcome == "ok"
+        return bool(self.cancel_many([job_id]))
+
+    def cancel_many(self, job_ids: Iterable[str]) -> list[str]:
+        """Cancel jobs that have not ended; returns the ids this call cancelled."""
+        s = self.settings
+        cancelled, hooks = [], []
+        for job_id in job_ids:
+            done = self.store.finish(job_id, jobs.CANCELLED, s.result_ttl,
+                                     {"error": "cancelled by request", "error_kind": "cancelled"},
+                                     grace=s.publish_grace)
+            if done.outcome == "ok":
+                cancelled.append(job_id)
+                if done.hook:
+                    hooks.append(job_id)
+        self._publish_hooks(hooks)
+        return cancelled
+
+    def purge(self, endpoint: str) -> int:
+        """Cancel every queued or waiting job of an endpoint (not those on a GPU); returns
+        how many. Most urgent first, in batches, so Redis is never blocked for long."""
+        s = self.settings
+        total = 0
+        while True:
+            n, scanned, hooks = self.store.cancel_pending(endpoint, s.result_ttl,
+                                                          s.publish_grace)
+            total += n
+            self._publish_hooks(hooks)
+            if scanned == 0:
+                return total
+
+    def stats(self) -> dict[str, Any]:
+        """Per-endpoint queue health; see ``dispatcher.stats``."""
+        from dispatcher.stats import collect
+
+        return collect(self.store)
+
+    def _publish_hooks(self, job_ids: list[str]) -> None:
+        if not job_ids:
+            return
+        try:
+            publish(self.app, WEBHOOK_TASK, [Due(i, 1, 0, "") for i in job_ids],
+                    self.settings.queue)
+        except Exception as e:  # due in Redis already: a worker's mover sends them
+            log.warning("%d webhook(s) not published now (%s)", len(job_ids), type(e).__name__)
 
     def close(self) -> None:
         self.store.redis.close()

@@ -15,13 +15,16 @@ from typing import Any
 
 from dispatcher import jobs
 from dispatcher.backoff import poll_delay
+from dispatcher.celery_app import DISPATCH_TASK, WEBHOOK_TASK
 from dispatcher.runtime import Runtime
+from dispatcher.store import Due
 from dispatcher.validation import InvalidJob, check_job
 from dispatcher.vast import (
     Assignment,
     RouteAuthError,
     RouteBadAnswer,
     RouteError,
+    RouteRateLimited,
     RouteRejected,
     VastError,
     WorkerBadAnswer,
@@ -63,7 +66,15 @@ class Run:
         if error:
             fields.update(error=error, error_kind=kind or status)
         s = self.rt.settings
-        outcome = self.rt.store.finish(self.id, status, s.result_ttl, {**self.counters(), **fields})
+        # A success frees a GPU slot: wake the endpoint's most urgent waiting job.
+        done = self.rt.store.finish(self.id, status, s.result_ttl, {**self.counters(), **fields},
+                                    wake=1 if status == jobs.SUCCEEDED else 0,
+                                    grace=s.publish_grace)
+        self.rt.publish(DISPATCH_TASK, done.woken)
+        if done.hook:
+            self.rt.publish(WEBHOOK_TASK, [Due(self.id, 1, int(self.f.get("priority") or 0),
+                                               self.f.get("endpoint") or "")])
+        outcome = done.outcome
         if outcome == "ok":
             log.info("job %s %s%s", self.id, status, f" ({kind}): {error}" if error else "")
             return status
@@ -85,7 +96,7 @@ def run_job(rt: Runtime, job_id: str, seq: int) -> str:
     """Advance a job by one step. Returns what happened, for logs and tests."""
     s = rt.settings
     token = uuid.uuid4().hex
-    claim = rt.store.claim(job_id, seq, s.route_timeout + LEASE_SLACK, token)
+    claim = rt.store.claim(job_id, seq, s.route_timeout + LEASE_SLACK, token, s.poll_cap)
     if claim.outcome != "ok":
         log.debug("job %s seq %s: %s", job_id, seq, claim.outcome)
         return claim.outcome
@@ -128,12 +139,17 @@ def _advance(run: Run) -> str:
     try:
         answer = rt.vast.route(spec.endpoint, spec.cost, request_idx)
     except (RouteAuthError, RouteRejected, RouteBadAnswer) as e:
+        rt.route_status(spec.endpoint, f"{e.status}: {e.text or e}"[:200])
         return run.finish(jobs.FAILED, str(e), _kind(e))
     except RouteError as e:  # 429, 5xx, connection trouble: a delay, not a failure
+        limited = isinstance(e, RouteRateLimited)
+        rt.route_status(spec.endpoint, f"HTTP {e.status}" if e.status else type(e).__name__,
+                        rate_limited=limited)
         run.polls += 1
         return run.wait(str(e), _poll_delay(run, s))
 
     if not isinstance(answer, Assignment):
+        rt.route_status(spec.endpoint, f"no worker: {answer.status}")
         run.polls += 1
         idx = answer.request_idx if answer.request_idx is not None else request_idx
         return run.wait(
@@ -144,16 +160,20 @@ def _advance(run: Run) -> str:
     # 2. Forward: the assignment is for this job and this attempt only.
     run.worker_attempts += 1
     run.polls = 0
+    rt.route_status(spec.endpoint, "assigned")
     lease = spec.timeout + s.route_timeout + LEASE_SLACK
-    payload_json = rt.store.mark_running(
+    running = rt.store.mark_running(
         run.id, run.token, lease,
         {"worker_url": answer.url, "request_idx": answer.request_idx, **run.counters()},
+        wake=1, grace=s.publish_grace,
     )
-    if payload_json is None:
+    if running is None:
         log.info("job %s was cancelled or taken over before the GPU call", run.id)
         return "dropped"
+    # The endpoint had a free slot: let its most urgent waiting job try next.
+    rt.publish(DISPATCH_TASK, running.woken)
     try:
-        payload = json.loads(payload_json)
+        payload = json.loads(running.payload or "")
     except ValueError as e:
         return run.finish(jobs.FAILED, f"invalid job: payload: stored JSON is unreadable: {e}",
                           "invalid_input")

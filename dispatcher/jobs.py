@@ -80,6 +80,13 @@ class Job:
     created_at: float | None = None
     assigned_at: float | None = None
     finished_at: float | None = None
+    # Webhook delivery, apart from the job's own status: pending, retrying,
+    # delivered or failed. A webhook failure never changes the job's result.
+    webhook: str | None = None
+    webhook_status: str | None = None
+    webhook_attempts: int = 0
+    webhook_last_error: str | None = None
+    webhook_delivery_id: str | None = None
 
     @property
     def done(self) -> bool:
@@ -124,4 +131,9 @@ class Job:
             created_at=_num(h.get("created_at")),
             assigned_at=_num(h.get("assigned_at")),
             finished_at=_num(h.get("finished_at")),
+            webhook=h.get("webhook") or None,
+            webhook_status=h.get("webhook_status") or None,
+            webhook_attempts=_num(h.get("webhook_attempts"), int) or 0,
+            webhook_last_error=h.get("webhook_last_error") or None,
+            webhook_delivery_id=h.get("webhook_delivery_id") or None,
         )

@@ -1,4 +1,4 @@
-"""Moves due jobs from Redis' waiting set back to the Celery queue.
+"""Moves due jobs (and due webhook deliveries) from Redis back to the Celery queue.
 
 Every worker process runs one mover thread (a worker bootstep). Movers need no
 leader: the Lua script hands each due job to exactly one of them, and a job
@@ -12,7 +12,7 @@ import threading
 
 from celery import Celery, bootsteps
 
-from dispatcher.celery_app import DISPATCH_TASK, broker_priority
+from dispatcher.celery_app import DISPATCH_TASK, WEBHOOK_TASK, publish
 from dispatcher.runtime import runtime_for
 
 log = logging.getLogger("dispatcher.mover")
@@ -37,19 +37,15 @@ class Mover:
             self._thread.join(timeout)
 
     def tick(self) -> int:
-        """Publish one batch of due jobs; returns how many."""
+        """Publish one batch of due jobs and due webhook deliveries; returns how many."""
         s = self.rt.settings
-        due = self.rt.store.move_due(BATCH, s.publish_grace, s.max_backlog)
-        if not due:
-            return 0
-        with self.app.producer_or_acquire() as producer:
-            for job_id, seq, priority in due:
-                self.app.send_task(
-                    DISPATCH_TASK, args=[job_id, seq], queue=s.queue, producer=producer,
-                    priority=broker_priority(priority),
-                )
-        self.moved += len(due)
-        return len(due)
+        n = 0
+        for task, hooks in ((DISPATCH_TASK, False), (WEBHOOK_TASK, True)):
+            due = self.rt.store.move_due(BATCH, s.publish_grace, s.max_backlog, hooks=hooks)
+            if due:
+                n += publish(self.app, task, due, s.queue)
+        self.moved += n
+        return n
 
     def _loop(self) -> None:
         interval = self.rt.settings.mover_interval

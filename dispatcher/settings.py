@@ -39,6 +39,17 @@ def _bool(env: Mapping[str, str], name: str) -> bool:
 
 
 @dataclass(frozen=True)
+class RouteBudget:
+    """The fleet's route-call budget per endpoint (see lua/_gate.lua)."""
+
+    rate: float = 0.0  # calls/s per endpoint; 0 = no limit (429s still pause the fleet)
+    burst: float = 1.0
+    recover: float = 10.0  # seconds without a 429 to give back one halving
+    pause_base: float = 1.0  # first fleet pause after a 429; doubles per level
+    pause_cap: float = 5.0
+
+
+@dataclass(frozen=True)
 class Settings:
     redis_url: str = "redis://localhost:6379/0"
     # repr=False: the key must never reach a log line through a repr of Settings.
@@ -66,8 +77,22 @@ class Settings:
     mover_interval: float = 0.1
     # Movers publish nothing while the Celery queue holds this many messages.
     max_backlog: int = 0
+    # The fleet's /route/ budget per endpoint, shared through Redis; 0 = no limit.
+    route_rate: float = 50.0
+    route_burst: float = 0.0  # 0: a fifth of a second's worth, at least 1
+    route_recover: float = 10.0
+    webhook_secret: str | None = field(default=None, repr=False)
+    webhook_timeout: float = 10.0
+    webhook_attempts: int = 8
+    task_events: bool = False
 
     def __post_init__(self) -> None:
+        if self.route_rate < 0:
+            raise ValueError("DISPATCHER_ROUTE_RATE: must be >= 0 (0 turns the limit off)")
+        if self.route_burst <= 0:
+            object.__setattr__(self, "route_burst", max(1.0, self.route_rate / 5))
+        if self.webhook_attempts < 1:
+            raise ValueError("DISPATCHER_WEBHOOK_ATTEMPTS: must be >= 1")
         if self.max_backlog <= 0:
             object.__setattr__(self, "max_backlog", max(256, 4 * self.concurrency))
         if self.visibility_timeout <= 0:
@@ -105,7 +130,18 @@ class Settings:
             publish_grace=_float(e, "DISPATCHER_PUBLISH_GRACE", cls.publish_grace),
             mover_interval=_float(e, "DISPATCHER_MOVER_INTERVAL", cls.mover_interval),
             max_backlog=_int(e, "DISPATCHER_MAX_BACKLOG", 0),
+            route_rate=_float(e, "DISPATCHER_ROUTE_RATE", cls.route_rate),
+            route_burst=_float(e, "DISPATCHER_ROUTE_BURST", 0.0),
+            route_recover=_float(e, "DISPATCHER_ROUTE_RECOVER", cls.route_recover),
+            webhook_secret=e.get("DISPATCHER_WEBHOOK_SECRET") or None,
+            webhook_timeout=_float(e, "DISPATCHER_WEBHOOK_TIMEOUT", cls.webhook_timeout),
+            webhook_attempts=_int(e, "DISPATCHER_WEBHOOK_ATTEMPTS", cls.webhook_attempts),
+            task_events=_bool(e, "DISPATCHER_TASK_EVENTS"),
         )
+
+    def route_budget(self) -> RouteBudget:
+        return RouteBudget(self.route_rate, self.route_burst, self.route_recover,
+                           self.poll_base, self.poll_cap)
 
     def with_(self, **changes: object) -> Settings:
         return replace(self, **changes)

@@ -1,10 +1,10 @@
-"""The one Celery task. Its message carries only the job id and schedule number."""
+"""The Celery tasks. Their messages carry only a job id and a schedule number."""
 
 from __future__ import annotations
 
 from celery import Celery
 
-from dispatcher.celery_app import DISPATCH_TASK
+from dispatcher.celery_app import DISPATCH_TASK, WEBHOOK_TASK
 from dispatcher.dispatch import run_job
 from dispatcher.runtime import runtime_for
 
@@ -13,3 +13,9 @@ def register(app: Celery) -> None:
     @app.task(name=DISPATCH_TASK, bind=True, acks_late=True, ignore_result=True)
     def dispatch(self, job_id: str, seq: int) -> str:  # noqa: ANN001
         return run_job(runtime_for(self.app), job_id, seq)
+
+    @app.task(name=WEBHOOK_TASK, bind=True, acks_late=True, ignore_result=True)
+    def webhook(self, job_id: str, seq: int) -> str:  # noqa: ANN001
+        from dispatcher.webhooks import run_webhook
+
+        return run_webhook(runtime_for(self.app), job_id, seq)

@@ -11,6 +11,7 @@ import math
 import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from dispatcher.settings import Settings
 
@@ -121,3 +122,30 @@ def check_job(
         timeout=check_seconds("timeout", timeout, settings.max_timeout),
         priority=check_priority(priority),
     )
+
+
+WEBHOOK_EVENTS = ("completed", "succeeded", "failed", "expired", "cancelled")
+
+
+def check_webhook(settings: Settings, url: Any, events: Any) -> tuple[str, str]:
+    """The webhook URL and its events as stored (comma-separated).
+
+    "completed" means any end: succeeded, failed, expired or cancelled.
+    """
+    if not isinstance(url, str) or not url:
+        raise InvalidJob("webhook", "must be an http(s) URL string")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidJob("webhook", f"must be an http:// or https:// URL with a host, got {url!r}")
+    if any(c.isspace() for c in url):
+        raise InvalidJob("webhook", "must not contain whitespace")
+    if isinstance(events, str) or not isinstance(events, list | tuple) or not events:
+        raise InvalidJob("webhook_events", f"must be a non-empty list of {list(WEBHOOK_EVENTS)}")
+    bad = [e for e in events if e not in WEBHOOK_EVENTS]
+    if bad:
+        raise InvalidJob("webhook_events",
+                         f"unknown event(s) {bad}; choose from {list(WEBHOOK_EVENTS)}")
+    if not settings.webhook_secret:
+        raise InvalidJob("webhook", "DISPATCHER_WEBHOOK_SECRET is not set: deliveries are "
+                                    "signed with it, and unsigned ones are never sent")
+    return url, ",".join(dict.fromkeys(events))

@@ -14,9 +14,11 @@ def store() -> Store:
     return Store(fakeredis.FakeRedis(decode_responses=True), "q")
 
 
-def new_job(store: Store, job_id: str = "j1", grace: float = 60.0) -> None:
+def new_job(store: Store, job_id: str = "j1", grace: float = 60.0, priority: int = 0,
+            **extra: object) -> None:
     fields = {"id": job_id, "status": jobs.QUEUED, "endpoint": "e", "cost": 1.0, "path": "/x",
-              "payload": "{}", "max_wait": 10.0, "timeout": 5.0, "priority": 0}
+              "payload": "{}", "max_wait": 10.0, "timeout": 5.0, "priority": priority,
+              "queue": store.queue, **extra}
     assert store.create(job_id, fields, grace)
 
 
@@ -33,7 +35,7 @@ def test_unknown_job(store: Store) -> None:
     job = store.get("nope")
     assert job.status == "unknown" and not job.known
     assert store.claim("nope", 0, 30, "t").outcome == "unknown"
-    assert store.finish("nope", "failed", 60, {}) == "unknown"
+    assert store.finish("nope", "failed", 60, {}).outcome == "unknown"
     assert not store.redis.exists("dispatcher:job:nope")
 
 
@@ -72,8 +74,8 @@ def test_move_due_hands_out_each_due_job_once(store: Store) -> None:
     new_job(store, "a", grace=0)
     new_job(store, "b", grace=0)
     new_job(store, "later", grace=100)
-    moved = {job_id: (seq, prio) for job_id, seq, prio in store.move_due(10, grace=60)}
-    assert moved == {"a": (0, 0), "b": (0, 0)}
+    moved = {d.id: (d.seq, d.priority, d.endpoint) for d in store.move_due(10, grace=60)}
+    assert moved == {"a": (0, 0, "e"), "b": (0, 0, "e")}
     assert store.move_due(10, grace=60) == []  # due again only after the grace
     store.redis.zadd(store.waiting, {"ghost": 0})
     assert store.move_due(10, grace=60) == []
@@ -83,10 +85,11 @@ def test_move_due_hands_out_each_due_job_once(store: Store) -> None:
 def test_first_terminal_write_wins(store: Store) -> None:
     new_job(store)
     store.claim("j1", 0, 30, "a")
-    assert store.mark_running("j1", "a", 60, {"worker_url": "http://w"}) == "{}"
+    assert store.mark_running("j1", "a", 60, {"worker_url": "http://w"}).payload == "{}"
     assert store.get("j1").status == "running"
-    assert store.finish("j1", "succeeded", 60, {"result": '{"x":1}', "result_type": "json"}) == "ok"
-    assert store.finish("j1", "failed", 60, {"error": "late"}) == "succeeded"
+    done = store.finish("j1", "succeeded", 60, {"result": '{"x":1}', "result_type": "json"})
+    assert done.outcome == "ok"
+    assert store.finish("j1", "failed", 60, {"error": "late"}).outcome == "succeeded"
     job = store.get("j1")
     assert job.status == "succeeded" and job.result == {"x": 1} and job.error is None
     assert store.redis.zscore(store.waiting, "j1") is None
@@ -98,7 +101,7 @@ def test_cancel_stops_a_waiting_job(store: Store) -> None:
     new_job(store)
     store.claim("j1", 0, 30, "a")
     store.schedule("j1", "a", 5.0, {})
-    assert store.finish("j1", "cancelled", 60, {"error": "cancelled by request"}) == "ok"
+    assert store.finish("j1", "cancelled", 60, {"error": "cancelled by request"}).outcome == "ok"
     assert store.redis.zscore(store.waiting, "j1") is None
     assert store.claim("j1", 1, 30, "b").outcome == "done"
     assert not store.mark_running("j1", "a", 30, {})

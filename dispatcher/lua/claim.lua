@@ -1,5 +1,7 @@
--- Take the lease on a job for one dispatch run.
--- KEYS: job, waiting.  ARGV: job_id, seq, lease_seconds, token
+-- Take the lease on a job for one dispatch run, and a route call from the
+-- endpoint's fleet budget (_gate.lua).
+-- KEYS: job, waiting (the gate key is derived from the job's endpoint).
+-- ARGV: job_id, seq, lease_seconds, token, rate, burst, recover, spread_draw, poll_cap
 -- Returns {outcome, redis_now[, field, value, ...]}.
 -- While leased, the job stays in the waiting set, due when the lease ends:
 -- if this worker dies, any live worker picks the job up again then.
@@ -23,6 +25,27 @@ if lease > t then
   -- lease ends (LT keeps an earlier due time if one is set).
   redis.call('ZADD', KEYS[2], 'LT', lease, ARGV[1])
   return {'busy', fmt(t)}
+end
+local j = redis.call('HMGET', KEYS[1], 'endpoint', 'created_at', 'max_wait', 'queue')
+local deadline = tonumber(j[2] or '0') + tonumber(j[3] or '0')
+if j[1] and t < deadline then
+  local g = gate_key(j[1])
+  local rate = tonumber(ARGV[5])
+  local wait = gate_take(g, j[1], t, rate, tonumber(ARGV[6]), tonumber(ARGV[7]))
+  if wait > 0 then
+    -- No budget: wait in Redis, not in a worker. Spread the fleet's waiting
+    -- jobs over the time the budget needs to poll each of them once, so they
+    -- come back at about the budget's rate instead of all at once.
+    local due = t + wait + tonumber(ARGV[8]) * tonumber(ARGV[9])
+    if rate > 0 then
+      local n = tonumber(redis.call('ZCARD', pending_key(j[4] or '', j[1])))
+      due = t + wait + tonumber(ARGV[8]) * n / gate_rate(g, t, rate, tonumber(ARGV[7]))
+    end
+    due = math.min(deadline, due)
+    redis.call('HINCRBY', KEYS[1], 'deferrals', 1)
+    schedule_job(KEYS[1], KEYS[2], ARGV[1], st, due)
+    return {'deferred', fmt(t)}
+  end
 end
 local until_ = t + tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], 'lease_until', fmt(until_), 'lease_token', ARGV[4])

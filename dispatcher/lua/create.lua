@@ -8,5 +8,6 @@ end
 local t = now()
 redis.call('HSET', KEYS[1], 'created_at', fmt(t), 'seq', '0', unpack(ARGV, 3))
 redis.call('ZADD', KEYS[2], t + tonumber(ARGV[2]), ARGV[1])
-count_move(KEYS[1], nil, 'queued')
+redis.call('SADD', PREFIX .. 'endpoints', redis.call('HGET', KEYS[1], 'endpoint'))
+index_move(KEYS[1], ARGV[1], nil, 'queued')
 return 1

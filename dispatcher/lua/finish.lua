@@ -1,16 +1,13 @@
--- Store a terminal state. The first terminal write wins, so a result is
--- stored once even if the job ran twice.
--- KEYS: job, waiting.  ARGV: job_id, status, ttl, field, value, ...
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then
-  return 'unknown'
+-- Store a terminal state (finish_job in _common.lua).
+-- KEYS: job, waiting, hooks.  ARGV: job_id, status, ttl, grace, wake_n, field, value, ...
+-- Returns {outcome, hook (0/1), woken (id, seq, priority)...}: a job that
+-- succeeded freed a GPU slot, so the endpoint's most urgent waiting job is woken.
+local outcome, hook = finish_job(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2],
+  tonumber(ARGV[3]), tonumber(ARGV[4]), {unpack(ARGV, 6)})
+local out = {outcome, hook and 1 or 0}
+if outcome == 'ok' then
+  for _, v in ipairs(wake(KEYS[1], KEYS[2], tonumber(ARGV[5]), tonumber(ARGV[4]))) do
+    out[#out + 1] = v
+  end
 end
-if TERMINAL[st] then
-  return st
-end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', fmt(now()), unpack(ARGV, 4))
-redis.call('HDEL', KEYS[1], 'lease_until', 'lease_token', 'next_poll_at')
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
-count_move(KEYS[1], st, ARGV[2])
-return 'ok'
+return out

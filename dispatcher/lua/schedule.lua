@@ -1,6 +1,9 @@
 -- Put a job back to wait in Redis (not in worker memory) until it is due.
--- KEYS: job, waiting.  ARGV: job_id, token, delay, field, value, ...
--- Bumps seq so that any older message for this job becomes stale.
+-- KEYS: job, waiting (the gate key is derived from the job's endpoint).
+-- ARGV: job_id, token, delay, rate, recover, spread_draw, field, value, ...
+-- When the endpoint's fleet budget cannot poll every pending job once per
+-- `delay`, the delay stretches to what the budget allows (spread by the draw),
+-- so polls arrive at about the budget's rate. Never past the job's deadline.
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then
   return 'unknown'
@@ -11,10 +14,17 @@ end
 if redis.call('HGET', KEYS[1], 'lease_token') ~= ARGV[2] then
   return 'lost'
 end
-local due = now() + tonumber(ARGV[3])
-redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('HSET', KEYS[1], 'status', 'waiting', 'next_poll_at', fmt(due), unpack(ARGV, 4))
-redis.call('HDEL', KEYS[1], 'lease_until', 'lease_token')
-redis.call('ZADD', KEYS[2], due, ARGV[1])
-count_move(KEYS[1], st, 'waiting')
+local t = now()
+local delay = tonumber(ARGV[3])
+local rate = tonumber(ARGV[4])
+if rate > 0 then
+  local j = redis.call('HMGET', KEYS[1], 'endpoint', 'queue')
+  local n = tonumber(redis.call('ZCARD', pending_key(j[2] or '', j[1] or '')))
+  local r = gate_rate(gate_key(j[1] or ''), t, rate, tonumber(ARGV[5]))
+  delay = math.max(delay, tonumber(ARGV[6]) * (n + 1) / r)
+end
+if #ARGV > 6 then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+end
+schedule_job(KEYS[1], KEYS[2], ARGV[1], st, math.min(deadline_of(KEYS[1]), t + delay))
 return 'ok'

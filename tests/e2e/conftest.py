@@ -23,6 +23,8 @@ WORKER_ENV = {
     "DISPATCHER_MOVER_INTERVAL": "0.02",
     "DISPATCHER_MAX_REROUTES": "3",
     "VAST_ROUTE_TIMEOUT": "5",
+    # A 429 halves the fleet's route rate; give a halving back every second.
+    "DISPATCHER_ROUTE_RECOVER": "1",
 }
 
 

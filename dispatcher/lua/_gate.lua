@@ -1,0 +1,48 @@
+-- The fleet's route-call budget for one endpoint, shared by every worker
+-- process: a token bucket in the hash `dispatcher:gate:<endpoint>`.
+-- A 429 from Vast raises the backoff level (each level halves the rate) and
+-- pauses the whole fleet; one level is given back every `recover` seconds
+-- without a new 429.
+
+local function gate_key(ep)
+  return PREFIX .. 'gate:' .. ep
+end
+
+local function gate_level(g, t, recover)
+  local h = redis.call('HMGET', g, 'level', 'cut_at')
+  local level = tonumber(h[1] or '0')
+  if level > 0 and recover > 0 then
+    level = math.max(0, level - math.floor((t - tonumber(h[2] or '0')) / recover))
+  end
+  return level
+end
+
+local function gate_rate(g, t, rate, recover)
+  return rate / (2 ^ gate_level(g, t, recover))
+end
+
+-- Takes a token: returns 0, or the seconds until one is expected.
+local function gate_take(g, ep, t, rate, burst, recover)
+  local h = redis.call('HMGET', g, 'tokens', 'ts', 'paused_until')
+  local paused = tonumber(h[3] or '0')
+  if paused > t then
+    redis.call('HINCRBY', g, 'deferred', 1)
+    return paused - t
+  end
+  if rate > 0 then
+    local r = gate_rate(g, t, rate, recover)
+    local tokens = tonumber(h[1] or burst)
+    tokens = math.min(burst, tokens + math.max(0, t - tonumber(h[2] or t)) * r)
+    if tokens < 1 then
+      redis.call('HSET', g, 'tokens', tokens, 'ts', fmt(t))
+      redis.call('HINCRBY', g, 'deferred', 1)
+      return (1 - tokens) / r
+    end
+    redis.call('HSET', g, 'tokens', tokens - 1, 'ts', fmt(t))
+  end
+  redis.call('HINCRBY', g, 'calls', 1)
+  local sec = PREFIX .. 'calls:' .. ep .. ':' .. math.floor(t)
+  redis.call('INCR', sec)
+  redis.call('EXPIRE', sec, 60)
+  return 0
+end

@@ -1,0 +1,19 @@
+-- Record what /route/ answered, for `dispatcher stats`, and react to a 429.
+-- KEYS: gate.  ARGV: status_text, is_429 (0/1), recover, pause_base, pause_cap
+-- 429s of calls already in flight arrive together: only the first within a
+-- second raises the level, so one burst halves the rate once, not ten times.
+local t = now()
+redis.call('HSET', KEYS[1], 'last_status', ARGV[1], 'last_status_at', fmt(t))
+if ARGV[2] ~= '1' then
+  return 0
+end
+redis.call('HINCRBY', KEYS[1], 'r429', 1)
+local cut = tonumber(redis.call('HGET', KEYS[1], 'cut_at') or '0')
+if t - cut < 1 then
+  return 0
+end
+local level = math.min(gate_level(KEYS[1], t, tonumber(ARGV[3])) + 1, 8)
+local pause = math.min(tonumber(ARGV[5]), tonumber(ARGV[4]) * 2 ^ (level - 1))
+redis.call('HSET', KEYS[1], 'level', level, 'cut_at', fmt(t), 'paused_until', fmt(t + pause),
+  'tokens', 0, 'ts', fmt(t + pause))
+return level

@@ -1,0 +1,215 @@
+"""Unit tests of the fleet scripts on fakeredis: route budget, 429 backoff, priority wake,
+webhook delivery state, purge and stats."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import fakeredis
+import pytest
+
+from dispatcher import jobs
+from dispatcher.settings import RouteBudget
+from dispatcher.stats import collect, percentile
+from dispatcher.store import Store, gate_key, pending_key
+
+
+def make_store(**budget: float) -> Store:
+    return Store(fakeredis.FakeRedis(decode_responses=True), "q", RouteBudget(**budget),
+                 rng=random.Random(1))
+
+
+def new_job(store: Store, job_id: str, priority: int = 0, endpoint: str = "e",
+            **extra: object) -> None:
+    fields = {"id": job_id, "status": jobs.QUEUED, "endpoint": endpoint, "cost": 1.0,
+              "path": "/x", "payload": "{}", "max_wait": 600.0, "timeout": 5.0,
+              "priority": priority, "queue": store.queue, **extra}
+    assert store.create(job_id, fields, 60)
+
+
+def to_waiting(store: Store, job_id: str, delay: float = 30.0) -> None:
+    seq = int(store.redis.hget(f"dispatcher:job:{job_id}", "seq"))
+    assert store.claim(job_id, seq, 30, "t").outcome == "ok"
+    assert store.schedule(job_id, "t", delay, {"wait_reason": "no worker"}) == "ok"
+
+
+def test_budget_grants_a_burst_then_defers_spread_over_the_backlog() -> None:
+    store = make_store(rate=2.0, burst=3.0)
+    for n in range(10):
+        new_job(store, f"j{n}")
+    outcomes = [store.claim(f"j{n}", 0, 30, "t").outcome for n in range(10)]
+    assert outcomes[:3] == ["ok"] * 3 and outcomes[3:] == ["deferred"] * 7
+    deferred = store.get("j5")
+    assert deferred.status == "waiting" and store.redis.hget("dispatcher:job:j5", "seq") == "1"
+    # Spread: at 2 calls/s, the 10 pending jobs need ~5 s to each get one call;
+    # each deferred job comes back after the next token (0.5 s) + U(0.5, 1.5) x 5 s.
+    dues = sorted(store.redis.zscore(store.waiting, f"j{n}") - time.time() for n in range(3, 10))
+    assert 0.5 + 2.5 - 0.1 < dues[0] and dues[-1] < 0.5 + 7.5 + 0.1
+    assert dues[-1] - dues[0] > 0.5  # not all at once
+    gate = store.redis.hgetall(gate_key("e"))
+    assert gate["calls"] == "3" and gate["deferred"] == "7"
+
+
+def test_no_limit_grants_every_call() -> None:
+    store = make_store(rate=0.0)
+    for n in range(20):
+        new_job(store, f"j{n}")
+    assert {store.claim(f"j{n}", 0, 30, "t").outcome for n in range(20)} == {"ok"}
+
+
+def test_a_429_pauses_the_fleet_halves_the_rate_then_recovers() -> None:
+    store = make_store(rate=100.0, burst=100.0, recover=0.5, pause_base=0.3, pause_cap=1.0)
+    assert store.route_result("e", "HTTP 429", rate_limited=True) == 1
+    # A burst of 429s from calls already in flight counts once.
+    assert store.route_result("e", "HTTP 429", rate_limited=True) == 0
+    new_job(store, "a")
+    assert store.claim("a", 0, 30, "t").outcome == "deferred"  # paused
+    s = collect(store)["endpoints"]["e"]
+    assert s["route_429s"] == 2 and s["route_backoff_level"] == 1 and s["route_rate"] == 50.0
+    time.sleep(0.55)
+    s = collect(store)["endpoints"]["e"]
+    assert s["route_backoff_level"] == 0 and s["route_rate"] == 100.0
+    new_job(store, "b")
+    assert store.claim("b", 0, 30, "t").outcome == "ok"
+
+
+def test_repeated_429s_lengthen_the_pause_up_to_the_cap() -> None:
+    store = make_store(rate=10.0, burst=1.0, recover=60, pause_base=0.2, pause_cap=0.5)
+    levels, pauses = [], []
+    for _ in range(4):
+        levels.append(store.route_result("e", "HTTP 429", rate_limited=True))
+        g = store.redis.hgetall(gate_key("e"))
+        pauses.append(float(g["paused_until"]) - float(g["cut_at"]))
+        store.redis.hset(gate_key("e"), "cut_at", float(g["cut_at"]) - 2)  # next one counts
+    assert levels == [1, 2, 3, 4]
+    assert pauses == pytest.approx([0.2, 0.4, 0.5, 0.5])
+
+
+def test_pending_index_orders_by_priority_then_age() -> None:
+    store = make_store()
+    new_job(store, "old-low", priority=0)
+    new_job(store, "high", priority=9)
+    new_job(store, "mid", priority=5)
+    new_job(store, "new-low", priority=0)
+    order = store.redis.zrange(pending_key("q", "e"), 0, -1)
+    assert order == ["high", "mid", "old-low", "new-low"]
+
+
+def test_an_assignment_wakes_the_most_urgent_waiting_job() -> None:
+    store = make_store()
+    for job_id, prio in (("low", 1), ("high", 8), ("mid", 4), ("runner", 0)):
+        new_job(store, job_id, priority=prio)
+    for job_id in ("low", "high", "mid"):
+        to_waiting(store, job_id, delay=60)
+    store.claim("runner", 0, 30, "r")
+    running = store.mark_running("runner", "r", 30, {}, wake=1, grace=15)
+    assert running is not None and running.payload == "{}"
+    assert [(d.id, d.seq, d.priority, d.endpoint) for d in running.woken] == [("high", 1, 8, "e")]
+    # Woken: due now + grace (the caller publishes it at once), others untouched.
+    assert store.redis.zscore(store.waiting, "high") < time.time() + 16
+    assert store.redis.zscore(store.waiting, "mid") > time.time() + 50
+    # A success wakes the next one; a failure wakes none.
+    done = store.finish("runner", "succeeded", 60, {}, wake=1)
+    assert [d.id for d in done.woken] == ["mid"]
+    new_job(store, "x")
+    store.claim("x", 0, 30, "t")
+    assert store.finish("x", "failed", 60, {}, wake=0).woken == []
+
+
+def test_running_and_finished_jobs_leave_the_pending_index() -> None:
+    store = make_store()
+    new_job(store, "a")
+    new_job(store, "b")
+    store.claim("a", 0, 30, "t")
+    store.mark_running("a", "t", 30, {})
+    store.finish("b", "cancelled", 60, {})
+    assert store.redis.zrange(pending_key("q", "e"), 0, -1) == []
+
+
+def test_webhook_is_queued_on_a_wanted_event_only() -> None:
+    store = make_store()
+    new_job(store, "a", webhook="http://h/x", webhook_events="completed")
+    new_job(store, "b", webhook="http://h/x", webhook_events="failed")
+    new_job(store, "c")
+    assert store.finish("a", "succeeded", 60, {}).hook
+    assert not store.finish("b", "succeeded", 60, {}).hook
+    assert not store.finish("c", "succeeded", 60, {}).hook
+    h = store.redis.hgetall("dispatcher:job:a")
+    assert h["webhook_status"] == "pending" and h["webhook_delivery_id"] == "a.succeeded"
+    assert store.redis.zrange(store.hooks, 0, -1) == ["a"]
+
+
+def test_webhook_attempts_retry_then_fail_and_never_touch_the_job() -> None:
+    store = make_store()
+    new_job(store, "a", webhook="http://h/x", webhook_events="completed")
+    store.finish("a", "succeeded", 60, {"result": "ok", "result_type": "text"})
+    outcome, seq, fields = store.hook_take("a", 1, lease=30)
+    assert outcome == "ok" and seq == 2 and fields["webhook_attempts"] == "1"
+    assert "payload" not in fields
+    assert store.hook_take("a", 1, lease=30)[0] == "stale"  # a duplicate message
+    assert store.hook_done("a", seq, "retry", 0.0, 2, "HTTP 503", 503) == "retry"
+    assert store.get("a").webhook_status == "retrying"
+    (due,) = store.move_due(10, 60, hooks=True)
+    assert (due.id, due.seq) == ("a", seq)
+    outcome, seq, _ = store.hook_take("a", due.seq, lease=30)
+    assert outcome == "ok"
+    # Attempts spent: a retry becomes failed.
+    assert store.hook_done("a", seq, "retry", 0.0, 2, "HTTP 503", 503) == "failed"
+    job = store.get("a")
+    assert job.status == "succeeded" and job.result == "ok"
+    assert job.webhook_status == "failed" and job.webhook_attempts == 2
+    assert job.webhook_last_error == "HTTP 503"
+    assert store.redis.zcard(store.hooks) == 0
+    assert store.hook_take("a", seq, 30)[0] == "done"
+
+
+def test_delivered_webhook_leaves_the_hooks_set() -> None:
+    store = make_store()
+    new_job(store, "a", webhook="http://h/x", webhook_events="completed")
+    store.finish("a", "failed", 60, {"error": "boom"})
+    _, seq, _ = store.hook_take("a", 1, 30)
+    assert store.hook_done("a", seq, "delivered", 0, 5, "HTTP 200", 200) == "delivered"
+    assert store.get("a").webhook_status == "delivered" and store.redis.zcard(store.hooks) == 0
+
+
+def test_cancel_pending_leaves_running_jobs_and_other_endpoints_alone() -> None:
+    store = make_store()
+    for n in range(7):
+        new_job(store, f"j{n}")
+    new_job(store, "other", endpoint="f")
+    store.claim("j0", 0, 30, "t")
+    store.mark_running("j0", "t", 30, {})
+    to_waiting(store, "j1")
+    assert store.cancel_pending("e", 60, 15, limit=4)[0] == 4
+    assert store.cancel_pending("e", 60, 15, limit=4)[0] == 2
+    assert store.cancel_pending("e", 60, 15, limit=4)[:2] == (0, 0)
+    assert store.get("j0").status == "running" and store.get("other").status == "queued"
+    assert store.get("j1").status == "cancelled"
+    assert store.redis.zscore(store.waiting, "j1") is None
+
+
+def test_stats_collects_counts_oldest_wait_rates_and_percentiles() -> None:
+    store = make_store(rate=50.0, burst=10.0)
+    new_job(store, "old", priority=0)
+    time.sleep(0.05)
+    new_job(store, "urgent", priority=9)
+    new_job(store, "r")
+    store.claim("r", 0, 30, "t")
+    store.mark_running("r", "t", 30, {})
+    store.finish("r", "succeeded", 60, {})
+    store.route_result("e", "no worker: Stopped", rate_limited=False)
+    s = collect(store)
+    e = s["endpoints"]["e"]
+    assert s["queue"] == "q" and s["generated_at"] > 1e9
+    assert (e["queued"], e["waiting"], e["running"], e["succeeded"]) == (2, 0, 0, 1)
+    assert e["oldest_wait_s"] >= 0.05  # the old low-priority job, not the urgent one
+    assert e["last_route_status"] == "no worker: Stopped"
+    assert e["route_calls"] == 1 and e["route_rate"] == 50.0 and e["route_backoff_level"] == 0
+    assert e["wait_p50_s"] is not None and e["run_p95_s"] is not None
+
+
+def test_percentile_nearest_rank() -> None:
+    assert percentile([], 0.5) is None
+    assert percentile([3.0, 1.0, 2.0], 0.5) == 2.0
+    assert percentile([float(n) for n in range(1, 101)], 0.95) == 95.0
