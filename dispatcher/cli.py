@@ -48,7 +48,8 @@ def cmd_submit(a: argparse.Namespace) -> int:
     try:
         job_id = _client().submit(
             a.endpoint, payload, cost=a.cost, path=a.path, max_wait=a.max_wait,
-            timeout=a.timeout, priority=a.priority, job_id=a.job_id,
+            timeout=a.timeout, priority=a.priority, job_id=a.job_id, webhook=a.webhook,
+            webhook_events=a.webhook_events or ["completed"],
         )
     except InvalidJob as e:
         return _usage_error(str(e))
@@ -80,16 +81,73 @@ def cmd_result(a: argparse.Namespace) -> int:
 
 
 def cmd_cancel(a: argparse.Namespace) -> int:
+    ids = list(a.job_ids)
+    if a.stdin:
+        ids += [line.strip() for line in sys.stdin if line.strip()]
+    if not ids:
+        return _usage_error("cancel: give job ids, or --stdin with one id per line")
     client = _client()
+    cancelled = set(client.cancel_many(ids))
     code = EXIT_OK
-    for job_id in a.job_ids:
-        if client.cancel(job_id):
+    for job_id in ids:
+        if job_id in cancelled:
             print(f"{job_id} cancelled")
         else:
             job = client.get_job(job_id)
             print(f"{job_id} not cancelled: it is {job.status}", file=sys.stderr)
             code = EXIT_JOB_FAILED
     return code
+
+
+def cmd_purge(a: argparse.Namespace) -> int:
+    client = _client()
+    counts = client.stats()["endpoints"].get(a.endpoint)
+    if counts is None:
+        return _usage_error(f"endpoint: no jobs were ever submitted for {a.endpoint!r}")
+    n = counts["queued"] + counts["waiting"]
+    if not a.yes:
+        if not sys.stdin.isatty():
+            return _usage_error("purge: confirm with --yes when not on a terminal")
+        answer = input(f"Cancel {n} queued/waiting job(s) of endpoint {a.endpoint!r} "
+                       f"({counts['running']} running are left alone)? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing cancelled")
+            return EXIT_OK
+    print(f"{client.purge(a.endpoint)} job(s) of {a.endpoint!r} cancelled")
+    return EXIT_OK
+
+
+def cmd_stats(a: argparse.Namespace) -> int:
+    stats = _client().stats()
+    if a.json:
+        _print_json(stats)
+        return EXIT_OK
+    from rich.console import Console
+
+    from dispatcher.top import stats_table
+
+    Console().print(stats_table(stats))
+    return EXIT_OK
+
+
+def cmd_top(a: argparse.Namespace) -> int:
+    from dispatcher.top import run_top
+
+    return run_top(_client().stats, interval=a.interval, iterations=a.iterations)
+
+
+def cmd_metrics(a: argparse.Namespace) -> int:
+    import threading
+
+    from dispatcher.metrics import serve_metrics
+
+    serve_metrics(_client().stats, a.host, a.port)
+    print(f"Prometheus metrics on http://{a.host}:{a.port}/metrics (Ctrl-C stops)", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
 
 
 def cmd_worker(a: argparse.Namespace) -> int:
@@ -128,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, default=None)
     s.add_argument("--priority", type=int, default=0)
     s.add_argument("--job-id", default=None, help="idempotency key")
+    s.add_argument("--webhook", default=None, help="URL that gets a signed POST when it ends")
+    s.add_argument("--webhook-event", action="append", dest="webhook_events", default=None,
+                   help="completed (default), succeeded, failed, expired or cancelled")
     s.add_argument("--wait", action="store_true", help="wait and print the finished job")
     s.add_argument("--wait-timeout", type=float, default=3600.0)
     s.set_defaults(func=cmd_submit)
@@ -143,8 +204,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_result)
 
     s = sub.add_parser("cancel", help="cancel jobs that have not ended")
-    s.add_argument("job_ids", nargs="+")
+    s.add_argument("job_ids", nargs="*")
+    s.add_argument("--stdin", action="store_true", help="also read job ids, one per line")
     s.set_defaults(func=cmd_cancel)
+
+    s = sub.add_parser("purge", help="cancel all queued/waiting jobs of an endpoint")
+    s.add_argument("endpoint")
+    s.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    s.set_defaults(func=cmd_purge)
+
+    s = sub.add_parser("stats", help="queue health per endpoint (a table, or --json)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_stats)
+
+    s = sub.add_parser("top", help="live queue health per endpoint")
+    s.add_argument("--interval", type=float, default=1.0)
+    s.add_argument("--iterations", type=int, default=None, help="stop after N refreshes")
+    s.set_defaults(func=cmd_top)
+
+    s = sub.add_parser("metrics", help="serve queue health as Prometheus metrics")
+    s.add_argument("--host", default="0.0.0.0")
+    s.add_argument("--port", type=int, default=9808)
+    s.set_defaults(func=cmd_metrics)
 
     s = sub.add_parser("worker", help="run a Celery worker (threads pool)")
     s.add_argument("--concurrency", type=int, default=None)

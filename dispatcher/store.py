@@ -127,7 +127,7 @@ class Store:
         self._create = reg(_script("create"))
         self._claim = reg(_script("claim", gate=True))
         self._mark_running = reg(_script("mark_running"))
-        self._schedule = reg(_script("schedule", gate=True))
+        self._schedule = reg(_script("schedule"))
         self._finish = reg(_script("finish"))
         self._move_due = reg(_script("move_due"))
         self._route_result = reg(_script("route_result", gate=True))
@@ -160,7 +160,7 @@ class Store:
 
     def schedule(self, job_id: str, token: str, delay: float, fields: dict[str, Any]) -> str:
         b = self.budget
-        args = [job_id, token, max(0.0, delay), b.rate, b.recover, self._rng.uniform(0.5, 1.5),
+        args = [job_id, token, max(0.0, delay), b.rate, self._rng.uniform(0.5, 1.5),
                 *_flatten(fields)]
         return self._schedule(keys=[job_key(job_id), self.waiting], args=args)
 

@@ -34,12 +34,14 @@ if j[1] and t < deadline then
   local wait = gate_take(g, j[1], t, rate, tonumber(ARGV[6]), tonumber(ARGV[7]))
   if wait > 0 then
     -- No budget: wait in Redis, not in a worker. Spread the fleet's waiting
-    -- jobs over the time the budget needs to poll each of them once, so they
-    -- come back at about the budget's rate instead of all at once.
+    -- jobs over the time the full budget needs to poll each of them once, so
+    -- they come back at about the budget's rate instead of all at once. (The
+    -- full rate, not the backed-off one: a spread locked in at a low rate
+    -- would keep the fleet slow long after 429s stop.)
     local due = t + wait + tonumber(ARGV[8]) * tonumber(ARGV[9])
     if rate > 0 then
       local n = tonumber(redis.call('ZCARD', pending_key(j[4] or '', j[1])))
-      due = t + wait + tonumber(ARGV[8]) * n / gate_rate(g, t, rate, tonumber(ARGV[7]))
+      due = t + wait + tonumber(ARGV[8]) * n / rate
     end
     due = math.min(deadline, due)
     redis.call('HINCRBY', KEYS[1], 'deferrals', 1)

@@ -1,8 +1,8 @@
 -- Put a job back to wait in Redis (not in worker memory) until it is due.
--- KEYS: job, waiting (the gate key is derived from the job's endpoint).
--- ARGV: job_id, token, delay, rate, recover, spread_draw, field, value, ...
+-- KEYS: job, waiting.
+-- ARGV: job_id, token, delay, rate, spread_draw, field, value, ...
 -- When the endpoint's fleet budget cannot poll every pending job once per
--- `delay`, the delay stretches to what the budget allows (spread by the draw),
+-- `delay`, the delay stretches to what the full budget allows (spread by the draw),
 -- so polls arrive at about the budget's rate. Never past the job's deadline.
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then
@@ -20,11 +20,10 @@ local rate = tonumber(ARGV[4])
 if rate > 0 then
   local j = redis.call('HMGET', KEYS[1], 'endpoint', 'queue')
   local n = tonumber(redis.call('ZCARD', pending_key(j[2] or '', j[1] or '')))
-  local r = gate_rate(gate_key(j[1] or ''), t, rate, tonumber(ARGV[5]))
-  delay = math.max(delay, tonumber(ARGV[6]) * (n + 1) / r)
+  delay = math.max(delay, tonumber(ARGV[5]) * (n + 1) / rate)
 end
-if #ARGV > 6 then
-  redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+if #ARGV > 5 then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 end
 schedule_job(KEYS[1], KEYS[2], ARGV[1], st, math.min(deadline_of(KEYS[1]), t + delay))
 return 'ok'
