@@ -50,3 +50,10 @@ def test_procfile_commands_exist_in_the_cli() -> None:
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     for command in procfile().values():
         assert command.split()[1] in sub.choices
+
+
+def test_compose_serves_metrics_like_the_procfile_and_flower_sees_events() -> None:
+    services = compose()["services"]
+    assert command_of(services["metrics"]).endswith("exec " + procfile()["metrics"])
+    assert services["worker"]["environment"]["DISPATCHER_TASK_EVENTS"] == "1"
+    assert "flower" in command_of(services["flower"])
