@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--job-seconds", type=float, help="GPU seconds per job in scenario 3")
     p.add_argument("--jobs", type=int, help="jobs in the cold-start scenario 4")
     p.add_argument("--cold-start-seconds", type=float, help="cold start in scenario 4")
+    p.add_argument("--cold-route-rate", type=float,
+                   help="DISPATCHER_ROUTE_RATE in scenario 4 (default 100; 0 = no budget)")
+    p.add_argument("--cold-procs", type=int, help="worker processes in scenario 4 (default 4)")
     p.add_argument("--scale-jobs", type=int, help="jobs per pass in scenario 5")
     p.add_argument("--scale-procs", help="worker process counts in scenario 5, e.g. 1,2,4")
     p.add_argument("--no-profile", action="store_true", help="skip py-spy in scenario 1")
@@ -54,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from(a: argparse.Namespace) -> Config:
     cfg = Config.smoke() if a.smoke else Config()
     for name in ("throughput_jobs", "repeats", "concurrency", "latency_jobs", "job_seconds",
-                 "cold_start_seconds", "scale_jobs"):
+                 "cold_start_seconds", "scale_jobs", "cold_route_rate", "cold_procs"):
         if getattr(a, name) is not None:
             setattr(cfg, name, getattr(a, name))
     if a.concurrency_jobs is not None:

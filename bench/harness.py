@@ -232,9 +232,10 @@ class Harness:
         return str(self.log_dir / f"{name}-{uuid.uuid4().hex[:6]}.log")
 
     @contextmanager
-    def emulator(self, endpoints: Mapping[str, Mapping[str, Any]]) -> Iterator[EmulatorProcess]:
+    def emulator(self, endpoints: Mapping[str, Mapping[str, Any]],
+                 **config_extra: Any) -> Iterator[EmulatorProcess]:
         """The Vast emulator in its own process (it must not share the bench's GIL)."""
-        config = {"api_key": API_KEY, "seed": 1, "endpoints": dict(endpoints)}
+        config = {"api_key": API_KEY, "seed": 1, "endpoints": dict(endpoints), **config_extra}
         emu = EmulatorProcess(config)
         emu.log_path = self._log("emulator")
         with ExitStack() as stack:
@@ -250,6 +251,9 @@ class Harness:
             "VAST_ROUTE_URL": emu.route_url,
             "DISPATCHER_QUEUE": queue,
             "DISPATCHER_CONCURRENCY": str(concurrency),
+            # No fleet route budget unless a scenario sets one: the emulator does not
+            # rate-limit those, and the budget's Lua still runs (its cost is measured).
+            "DISPATCHER_ROUTE_RATE": "0",
             **self.extra_env,
             **(extra or {}),
         }

@@ -63,7 +63,7 @@ class Client:
             timeout=s.default_timeout if timeout is None else timeout,
             priority=priority,
         )
-        hook = None if webhook is None else check_webhook(s, webhook, list(webhook_events))
+        hook = None if webhook is None else check_webhook(s, webhook, webhook_events)
         job_id = uuid.uuid4().hex if job_id is None else check_job_id(job_id)
         fields = {
             "id": job_id,
