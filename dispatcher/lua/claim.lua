@@ -53,14 +53,4 @@ local until_ = t + tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], 'lease_until', fmt(until_), 'lease_token', ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('ZADD', KEYS[2], until_, ARGV[1])
--- Everything but the payload: a waiting job is polled many times, and its
--- payload (up to megabytes) is needed only once it has a GPU worker.
-local out = {'ok', fmt(t)}
-local h = redis.call('HGETALL', KEYS[1])
-for i = 1, #h, 2 do
-  if h[i] ~= 'payload' then
-    out[#out + 1] = h[i]
-    out[#out + 1] = h[i + 1]
-  end
-end
-return out
+return append_fields({'ok', fmt(t)}, KEYS[1])

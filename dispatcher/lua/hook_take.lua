@@ -19,12 +19,4 @@ local t = now()
 local seq = redis.call('HINCRBY', KEYS[1], 'webhook_seq', 1)
 redis.call('HINCRBY', KEYS[1], 'webhook_attempts', 1)
 redis.call('ZADD', KEYS[2], t + tonumber(ARGV[3]), ARGV[1])
-local out = {'ok', tostring(seq)}
-local all = redis.call('HGETALL', KEYS[1])
-for i = 1, #all, 2 do
-  if all[i] ~= 'payload' then
-    out[#out + 1] = all[i]
-    out[#out + 1] = all[i + 1]
-  end
-end
-return out
+return append_fields({'ok', tostring(seq)}, KEYS[1])

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from typing import Any
 
 import pytest
 
@@ -26,6 +29,22 @@ VAST_LIMIT = {"rate": 25.0, "burst": 10.0}  # the emulator answers 429 above thi
 POLL_CAP = 5.0  # the default
 COLD_START = 40.0
 WATCH_AFTER_READY = 12.0
+
+
+@contextmanager
+def fleet(config: dict[str, Any], env: dict[str, str], procs: int
+          ) -> Iterator[tuple[EmulatorProcess, Client]]:
+    """The emulator in its own process, ``procs`` worker processes, and a client."""
+    with EmulatorProcess(config) as emu, ExitStack() as stack:
+        env["VAST_ROUTE_URL"] = emu.route_url
+        workers = [worker_process(env, concurrency=16, name=f"w{i}") for i in range(procs)]
+        for w in workers:
+            stack.enter_context(w)
+        for w in workers:
+            wait_for_worker(env["REDIS_URL"], w, timeout=60)
+        client = Client(Settings.from_env(env))
+        stack.callback(client.close)
+        yield emu, client
 
 
 def _ready_workers(emu: EmulatorProcess, ep: str) -> int:
@@ -50,51 +69,39 @@ def test_ten_thousand_waiting_jobs_no_429_storm_and_prompt_pickup(
         "DISPATCHER_QUEUE": f"fleet-{uuid.uuid4().hex[:6]}",
         "DISPATCHER_ROUTE_RATE": str(ROUTE_RATE), "DISPATCHER_POLL_CAP": str(POLL_CAP),
     }
-    with EmulatorProcess(config) as emu:
-        env["VAST_ROUTE_URL"] = emu.route_url
-        workers = [worker_process(env, concurrency=16, name=f"w{i}") for i in range(4)]
-        for w in workers:
-            w.start()
-        client = Client(Settings.from_env(env))
-        try:
-            for w in workers:
-                wait_for_worker(redis_server.url, w, timeout=60)
-            t0 = time.time()
-            with ThreadPoolExecutor(8) as pool:
-                ids = list(pool.map(
-                    lambda i: client.submit(ep, {"n": i}, path="/generate", cost=1,
-                                            max_wait=900, timeout=60),
-                    range(JOBS)))
-            submitted = time.time() - t0
-            assert len(set(ids)) == JOBS
-            before = emu.stats()["route"]
-            assert before["assigned"] == 0, "the endpoint must still be cold here"
+    with fleet(config, env, 4) as (emu, client):
+        t0 = time.time()
+        with ThreadPoolExecutor(8) as pool:
+            ids = list(pool.map(
+                lambda i: client.submit(ep, {"n": i}, path="/generate", cost=1,
+                                        max_wait=900, timeout=60),
+                range(JOBS)))
+        submitted = time.time() - t0
+        assert len(set(ids)) == JOBS
+        before = emu.stats()["route"]
+        assert before["assigned"] == 0, "the endpoint must still be cold here"
 
-            while not _ready_workers(emu, ep):
-                assert time.time() - t0 < COLD_START + 60, "no GPU worker ever became ready"
-                time.sleep(0.05)
-            ready_at = time.time()
-            first_pickup = None
-            while time.time() < ready_at + WATCH_AFTER_READY:
-                s = client.stats()["endpoints"][ep]
-                if first_pickup is None and s["running"] + s["succeeded"] > 0:
-                    first_pickup = time.time() - ready_at
-                time.sleep(0.05)
-            route = emu.stats()["route"]
-            elapsed = time.time() - t0
-            stats = client.stats()["endpoints"][ep]
+        while not _ready_workers(emu, ep):
+            assert time.time() - t0 < COLD_START + 60, "no GPU worker ever became ready"
+            time.sleep(0.05)
+        ready_at = time.time()
+        first_pickup = None
+        while time.time() < ready_at + WATCH_AFTER_READY:
+            s = client.stats()["endpoints"][ep]
+            if first_pickup is None and s["running"] + s["succeeded"] > 0:
+                first_pickup = time.time() - ready_at
+            time.sleep(0.05)
+        route = emu.stats()["route"]
+        elapsed = time.time() - t0
+        stats = client.stats()["endpoints"][ep]
 
-            cancelled = client.purge(ep)
-            deadline = time.time() + 60
-            while True:
-                counts = client.stats()["endpoints"][ep]
-                if counts["running"] == 0 or time.time() > deadline:
-                    break
-                time.sleep(0.2)
-        finally:
-            client.close()
-            for w in workers:
-                w.stop()
+        cancelled = client.purge(ep)
+        deadline = time.time() + 60
+        while True:
+            counts = client.stats()["endpoints"][ep]
+            if counts["running"] == 0 or time.time() > deadline:
+                break
+            time.sleep(0.2)
 
     calls = route["calls"]
     print(f"\nroute budget: {JOBS} jobs submitted in {submitted:.1f}s; cold {COLD_START:g}s; "
@@ -142,28 +149,16 @@ def test_429s_back_the_whole_fleet_off_then_it_recovers(redis_server: RedisServe
         "DISPATCHER_QUEUE": f"tight-{uuid.uuid4().hex[:6]}",
         "DISPATCHER_ROUTE_RATE": str(budget), "DISPATCHER_ROUTE_RECOVER": "2",
     }
-    with EmulatorProcess(config) as emu:
-        env["VAST_ROUTE_URL"] = emu.route_url
-        workers = [worker_process(env, concurrency=16, name=f"t{i}") for i in range(2)]
-        for w in workers:
-            w.start()
-        client = Client(Settings.from_env(env))
-        try:
-            for w in workers:
-                wait_for_worker(redis_server.url, w, timeout=60)
-            for i in range(2000):
-                client.submit(ep, {"n": i}, path="/x", max_wait=600)
-            time.sleep(3)  # the first 429s arrive and the fleet backs off
-            tight_calls, tight_429 = _route_window(emu, 12)
-            levels = client.stats()["endpoints"][ep]
-            emu.configure({"rate_limit": {"rate": 500.0, "burst": 100.0}})
-            time.sleep(10)  # four levels come back, one every 2 s
-            open_calls, open_429 = _route_window(emu, 5)
-            client.purge(ep)
-        finally:
-            client.close()
-            for w in workers:
-                w.stop()
+    with fleet(config, env, 2) as (emu, client):
+        for i in range(2000):
+            client.submit(ep, {"n": i}, path="/x", max_wait=600)
+        time.sleep(3)  # the first 429s arrive and the fleet backs off
+        tight_calls, tight_429 = _route_window(emu, 12)
+        levels = client.stats()["endpoints"][ep]
+        emu.configure({"rate_limit": {"rate": 500.0, "burst": 100.0}})
+        time.sleep(10)  # four levels come back, one every 2 s
+        open_calls, open_429 = _route_window(emu, 5)
+        client.purge(ep)
     print(f"\n429 backoff: Vast at 8/s: {tight_calls / 12:.1f} calls/s, {tight_429} x 429 "
           f"({tight_429 / max(1, tight_calls):.0%}); level {levels['route_backoff_level']}; "
           f"after Vast allows more: {open_calls / 5:.1f} calls/s, {open_429} x 429")
