@@ -180,7 +180,8 @@ class Store:
     def route_result(self, endpoint: str, status_text: str, rate_limited: bool) -> int:
         """Record a /route/ answer; a 429 backs the fleet off. Returns the new level."""
         b = self.budget
-        args = [status_text[:200], int(rate_limited), b.recover, b.pause_base, b.pause_cap]
+        args = [status_text[:200], int(rate_limited), b.recover, b.pause_base, b.pause_cap,
+                endpoint]
         return int(self._route_result(keys=[gate_key(endpoint)], args=args) or 0)
 
     def hook_take(self, job_id: str, seq: int, lease: float) -> tuple[str, int, dict[str, str]]:

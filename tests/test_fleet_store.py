@@ -213,3 +213,16 @@ def test_percentile_nearest_rank() -> None:
     assert percentile([], 0.5) is None
     assert percentile([3.0, 1.0, 2.0], 0.5) == 2.0
     assert percentile([float(n) for n in range(1, 101)], 0.95) == 95.0
+
+
+def test_stray_429s_among_many_calls_do_not_slow_the_fleet() -> None:
+    store = make_store(rate=1000.0, burst=1000.0)
+    for n in range(50):
+        new_job(store, f"j{n}")
+        assert store.claim(f"j{n}", 0, 30, "t").outcome == "ok"
+    # 4 x 429 in 50 calls (8%): Vast having a bad moment, not our rate.
+    assert [store.route_result("e", "HTTP 429", True) for _ in range(4)] == [0, 0, 0, 0]
+    assert collect(store)["endpoints"]["e"]["route_backoff_level"] == 0
+    # Most calls answered 429: that is a rate limit.
+    levels = [store.route_result("e", "HTTP 429", True) for _ in range(10)]
+    assert 1 in levels

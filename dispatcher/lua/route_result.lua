@@ -1,13 +1,28 @@
--- Record what /route/ answered, for `dispatcher stats`, and react to a 429.
--- KEYS: gate.  ARGV: status_text, is_429 (0/1), recover, pause_base, pause_cap
--- 429s of calls already in flight arrive together: only the first within a
--- second raises the level, so one burst halves the rate once, not ten times.
+-- Record what /route/ answered, for `dispatcher stats`, and react to 429s.
+-- KEYS: gate.  ARGV: status_text, is_429 (0/1), recover, pause_base, pause_cap, endpoint
+-- A cut needs 429s to be a real share of the fleet's calls (1 in 5 or more over the
+-- last two seconds): a rate limit answers most calls above it with 429, while a stray
+-- 429 says nothing about our rate and must not slow the fleet down. 429s of calls
+-- already in flight arrive together: only the first within a second raises the level,
+-- so one burst halves the rate once, not ten times.
 local t = now()
 redis.call('HSET', KEYS[1], 'last_status', ARGV[1], 'last_status_at', fmt(t))
 if ARGV[2] ~= '1' then
   return 0
 end
 redis.call('HINCRBY', KEYS[1], 'r429', 1)
+local sec = math.floor(t)
+local k429 = PREFIX .. 'r429:' .. ARGV[6] .. ':'
+redis.call('INCR', k429 .. sec)
+redis.call('EXPIRE', k429 .. sec, 60)
+local calls, limited = 0, 0
+for s = sec - 1, sec do
+  calls = calls + tonumber(redis.call('GET', PREFIX .. 'calls:' .. ARGV[6] .. ':' .. s) or '0')
+  limited = limited + tonumber(redis.call('GET', k429 .. s) or '0')
+end
+if limited * 5 < calls then
+  return 0
+end
 local cut = tonumber(redis.call('HGET', KEYS[1], 'cut_at') or '0')
 if t - cut < 1 then
   return 0
