@@ -34,7 +34,7 @@ def publish(app: Celery, task: str, due: Iterable[Due], queue: str) -> int:
         for d in due:
             app.send_task(
                 task, args=[d.id, d.seq], queue=queue, producer=producer,
-                priority=broker_priority(d.priority), shadow=f"{verb} {d.endpoint}",
+                priority=broker_priority(d.priority), shadow=f"{verb} {d.endpoint}".rstrip(),
                 argsrepr=f"job={d.id} seq={d.seq} priority={d.priority}",
             )
             n += 1
