@@ -56,7 +56,7 @@ def _endpoint(store: Store, ep: str, now: float, sec: int) -> dict[str, Any]:
     wait_s = [float(x) for x in waits]
     run_s = [float(x) for x in runs]
     level = _level(gate, now, store.budget.recover)
-    rate = store.budget.rate
+    rate = store.budget.rate or (float(gate.get("learned", 0)) if level else 0.0)
     return {
         **{k: max(0, int(counts.get(k, 0))) for k in LIVE + ENDED},
         "oldest_wait_s": round(now - min(created), 3) if created else None,

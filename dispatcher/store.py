@@ -181,7 +181,7 @@ class Store:
         """Record a /route/ answer; a 429 backs the fleet off. Returns the new level."""
         b = self.budget
         args = [status_text[:200], int(rate_limited), b.recover, b.pause_base, b.pause_cap,
-                endpoint]
+                endpoint, b.rate]
         return int(self._route_result(keys=[gate_key(endpoint)], args=args) or 0)
 
     def hook_take(self, job_id: str, seq: int, lease: float) -> tuple[str, int, dict[str, str]]:

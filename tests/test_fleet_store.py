@@ -226,3 +226,23 @@ def test_stray_429s_among_many_calls_do_not_slow_the_fleet() -> None:
     # Most calls answered 429: that is a rate limit.
     levels = [store.route_result("e", "HTTP 429", True) for _ in range(10)]
     assert 1 in levels
+
+
+def test_with_no_configured_rate_429s_learn_one_then_give_it_back() -> None:
+    store = make_store(rate=0.0, recover=0.5, pause_base=0.01, pause_cap=0.01)
+    for n in range(40):
+        new_job(store, f"j{n}")
+        assert store.claim(f"j{n}", 0, 30, "t").outcome == "ok"  # no limit yet
+    # Refused often enough (8 of 40 is 1 in 5): a cut.
+    assert [store.route_result("e", "HTTP 429", True) for _ in range(8)][-1] == 1
+    e = collect(store)["endpoints"]["e"]
+    # Learned 40 calls over the 2 s window = 20/s, halved once.
+    assert e["route_backoff_level"] == 1 and e["route_rate"] == 10.0
+    time.sleep(0.13)  # past the pause, and one token (10/s) refilled
+    for n in range(40, 60):
+        new_job(store, f"j{n}")
+    outcomes = [store.claim(f"j{n}", 0, 30, "t").outcome for n in range(40, 60)]
+    assert outcomes[0] == "ok" and "deferred" in outcomes  # limited now
+    time.sleep(0.55)
+    e = collect(store)["endpoints"]["e"]
+    assert e["route_backoff_level"] == 0 and e["route_rate"] is None  # no limit again

@@ -1,8 +1,9 @@
 -- The fleet's route-call budget for one endpoint, shared by every worker
 -- process: a token bucket in the hash `dispatcher:gate:<endpoint>`.
--- A 429 from Vast raises the backoff level (each level halves the rate) and
--- pauses the whole fleet; one level is given back every `recover` seconds
--- without a new 429.
+-- 429s from Vast raise the backoff level (each level halves the rate) and
+-- pause the whole fleet; one level is given back every `recover` seconds.
+-- With no configured rate (0), the first cut learns the rate the fleet was
+-- calling at, and levels halve that one; at level 0 there is no limit again.
 
 local function gate_key(ep)
   return PREFIX .. 'gate:' .. ep
@@ -17,8 +18,14 @@ local function gate_level(g, t, recover)
   return level
 end
 
+-- The rate in force, calls/s; 0 = no limit.
 local function gate_rate(g, t, rate, recover)
-  return rate / (2 ^ gate_level(g, t, recover))
+  local level = gate_level(g, t, recover)
+  if rate <= 0 then
+    if level == 0 then return 0 end
+    rate = tonumber(redis.call('HGET', g, 'learned') or '0')
+  end
+  return rate / (2 ^ level)
 end
 
 -- Takes a token: returns 0, or the seconds until one is expected.
@@ -29,8 +36,8 @@ local function gate_take(g, ep, t, rate, burst, recover)
     redis.call('HINCRBY', g, 'deferred', 1)
     return paused - t
   end
-  if rate > 0 then
-    local r = gate_rate(g, t, rate, recover)
+  local r = gate_rate(g, t, rate, recover)
+  if r > 0 then
     local tokens = tonumber(h[1] or burst)
     tokens = math.min(burst, tokens + math.max(0, t - tonumber(h[2] or t)) * r)
     if tokens < 1 then

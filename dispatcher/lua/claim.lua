@@ -39,9 +39,10 @@ if j[1] and t < deadline then
     -- full rate, not the backed-off one: a spread locked in at a low rate
     -- would keep the fleet slow long after 429s stop.)
     local due = t + wait + tonumber(ARGV[8]) * tonumber(ARGV[9])
-    if rate > 0 then
+    local spread_rate = rate > 0 and rate or gate_rate(g, t, 0, tonumber(ARGV[7]))
+    if spread_rate > 0 then
       local n = tonumber(redis.call('ZCARD', pending_key(j[4] or '', j[1])))
-      due = t + wait + tonumber(ARGV[8]) * n / rate
+      due = t + wait + tonumber(ARGV[8]) * n / spread_rate
     end
     due = math.min(deadline, due)
     redis.call('HINCRBY', KEYS[1], 'deferrals', 1)

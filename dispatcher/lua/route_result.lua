@@ -1,5 +1,6 @@
 -- Record what /route/ answered, for `dispatcher stats`, and react to 429s.
--- KEYS: gate.  ARGV: status_text, is_429 (0/1), recover, pause_base, pause_cap, endpoint
+-- KEYS: gate.
+-- ARGV: status_text, is_429 (0/1), recover, pause_base, pause_cap, endpoint, rate
 -- A cut needs 429s to be a real share of the fleet's calls (1 in 5 or more over the
 -- last two seconds): a rate limit answers most calls above it with 429, while a stray
 -- 429 says nothing about our rate and must not slow the fleet down. 429s of calls
@@ -27,7 +28,12 @@ local cut = tonumber(redis.call('HGET', KEYS[1], 'cut_at') or '0')
 if t - cut < 1 then
   return 0
 end
-local level = math.min(gate_level(KEYS[1], t, tonumber(ARGV[3])) + 1, 8)
+local before = gate_level(KEYS[1], t, tonumber(ARGV[3]))
+if tonumber(ARGV[7]) <= 0 and before == 0 then
+  -- No configured rate: learn the one the fleet was calling at when refused.
+  redis.call('HSET', KEYS[1], 'learned', math.max(1, calls / 2))
+end
+local level = math.min(before + 1, 8)
 local pause = math.min(tonumber(ARGV[5]), tonumber(ARGV[4]) * 2 ^ (level - 1))
 redis.call('HSET', KEYS[1], 'level', level, 'cut_at', fmt(t), 'paused_until', fmt(t + pause),
   'tokens', 0, 'ts', fmt(t + pause))
