@@ -1,25 +1,42 @@
 """The HTTP side of webhooks: sign, make one attempt, say whether to retry; and verify.
 
 The signature is HMAC-SHA256 over ``<delivery id>.<timestamp>.<body>``: signing the id and
-the time stops a captured body being replayed under another id or much later. A read
-timeout is never retried: the request reached the receiver, which may have acted on it,
-and a retry would deliver twice. Connection errors (nothing was received) and 5xx, 408,
-429 are retried by the caller.
+the time stops a captured body being replayed under another id (receivers de-duplicate on
+the id) or much later (receivers reject old timestamps).
+
+Which outcomes are retried follows one rule: retry only when the receiver cannot have acted
+on the request, or said it did not (5xx, 408, 429). Connection errors before any answer
+are retried. A read timeout is never retried: the request was sent and the receiver may
+have processed it, so a retry could deliver twice; receivers de-duplicate on the delivery
+id, but we do not rely on every receiver doing so. Other answers (3xx, 4xx) are the
+receiver's decision and retrying would only repeat it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import random
+import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import requests
+import urllib3.exceptions
 
 MAX_ANSWER_BYTES = 64 * 1024  # read at most this much of a receiver's answer
+SNIPPET_CHARS = 200  # how much of a rejecting receiver's answer goes into Attempt.detail
 RETRY_STATUSES = frozenset({408, 429})
+USER_AGENT = "vast-dispatcher-webhook"
+
+DELIVERY_HEADER = "X-Dispatcher-Delivery"
+EVENT_HEADER = "X-Dispatcher-Event"
+TIMESTAMP_HEADER = "X-Dispatcher-Timestamp"
+SIGNATURE_HEADER = "X-Dispatcher-Signature"
+
+_REDACT_MIN = 8  # shorter secrets are not redacted from texts: it would mangle ordinary words
 
 
 class WebhookSignatureError(ValueError):
@@ -28,56 +45,115 @@ class WebhookSignatureError(ValueError):
 
 @dataclass(frozen=True)
 class Attempt:
-    outcome: str  # delivered | retry | failed
-    status: int | None
-    detail: str
+    """How one POST went; ``outcome`` is all the caller needs to decide what happens next."""
+
+    outcome: str  # "delivered" | "retry" | "failed"
+    status: int | None  # the receiver's HTTP status; None when there was no answer
+    detail: str  # short text for operators; never holds the secret
 
 
 def sign(secret: str, delivery_id: str, timestamp: int, body: bytes) -> str:
-    message = f"{delivery_id}.{timestamp}.".encode() + body
+    """Return ``sha256=<hex>``; id and time are signed so a body cannot be replayed apart."""
+    if not secret:
+        # An empty key makes a "signature" anyone can compute: refuse instead of pretending.
+        raise ValueError("webhook secret is empty")
+    if not isinstance(body, bytes | bytearray | memoryview):
+        raise TypeError("body must be the raw request bytes, not a decoded string")
+    message = f"{delivery_id}.{int(timestamp)}.".encode() + bytes(body)
     return "sha256=" + hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
 def verify(secret: str, headers: Mapping[str, str], body: bytes, *, tolerance: float = 300,
            now: float | None = None) -> str:
-    """Check a delivery's signature and age; returns its delivery id (de-duplicate on it)."""
-    h = {k.lower(): v for k, v in headers.items()}
+    """Check a delivery's signature, then its age; return its delivery id.
+
+    Receivers should de-duplicate on the returned id: one delivery can arrive twice (a
+    retry after the receiver answered 5xx or the connection dropped). ``headers`` is any
+    mapping of the request's headers (lookup ignores case, and WSGI ``HTTP_*`` keys work);
+    ``body`` must be the raw bytes as received, before any JSON parsing. An empty secret
+    raises a plain ValueError: that is a receiver misconfiguration, not a bad request.
+    """
+    if not secret:
+        raise ValueError("webhook secret is empty: refusing to verify with it")
+    lowered = {str(k).lower(): v for k, v in headers.items()}
 
     def get(name: str) -> str:
-        value = h.get(name.lower())
+        value = lowered.get(name.lower())
+        if value is None:  # Django's request.META and other WSGI environs
+            value = lowered.get("http_" + name.lower().replace("-", "_"))
+        value = (value or "").strip()
         if not value:
-            raise WebhookSignatureError(f"{name}: header missing")
+            raise WebhookSignatureError(f"{name} header is missing")
         return value
 
-    delivery_id = get("X-Dispatcher-Delivery")
-    raw_ts = get("X-Dispatcher-Timestamp")
-    signature = get("X-Dispatcher-Signature")
-    try:
-        ts = int(raw_ts)
-    except ValueError:
-        raise WebhookSignatureError(f"X-Dispatcher-Timestamp: not an integer: {raw_ts!r}") from None
+    delivery_id = get(DELIVERY_HEADER)
+    raw_ts = get(TIMESTAMP_HEADER)
+    signature = get(SIGNATURE_HEADER)
+    # Strict digits: int() would also take "+1_700_000_000" or non-ASCII digits.
+    if not (raw_ts.isascii() and raw_ts.isdigit() and len(raw_ts) <= 15):
+        raise WebhookSignatureError(f"{TIMESTAMP_HEADER} header is not Unix seconds: "
+                                    f"{raw_ts[:40]!r}")
+    if not signature.startswith("sha256="):
+        raise WebhookSignatureError(f"{SIGNATURE_HEADER} header is not 'sha256=<hex>'")
+    ts = int(raw_ts)
+    expected = sign(secret, delivery_id, ts, body)
+    # Bytes, not str: compare_digest raises TypeError on non-ASCII str, and a header is
+    # attacker-controlled.
+    if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace")):
+        raise WebhookSignatureError(f"{SIGNATURE_HEADER} does not match the body "
+                                    "(wrong secret, or the body or headers were changed)")
     age = (time.time() if now is None else now) - ts
-    if abs(age) > tolerance:
+    if age > tolerance:
         raise WebhookSignatureError(
-            f"X-Dispatcher-Timestamp: {age:+.0f}s from now, outside +-{tolerance:g}s")
-    if not hmac.compare_digest(sign(secret, delivery_id, ts, body), signature):
-        raise WebhookSignatureError("X-Dispatcher-Signature: does not match the body and secret")
+            f"{TIMESTAMP_HEADER} is too old: {age:.0f}s ago, over the {tolerance:g}s tolerance "
+            "(a replay, or this clock is wrong)")
+    if -age > tolerance:
+        raise WebhookSignatureError(
+            f"{TIMESTAMP_HEADER} is too new: {-age:.0f}s in the future, over the "
+            f"{tolerance:g}s tolerance (the sender's or this clock is wrong)")
     return delivery_id
 
 
 def deliver(session: requests.Session, url: str, body: bytes, *, secret: str,
             delivery_id: str, event: str, connect_timeout: float = 5.0,
             read_timeout: float = 10.0, now: Callable[[], float] = time.time) -> Attempt:
-    """One POST. Never raises for network trouble: every outcome is an Attempt."""
+    """One signed POST, classified. Never raises for network trouble or a bad URL.
+
+    The session must not retry by itself (requests' default adapter does not): a urllib3
+    ``Retry`` with read retries would resend after a read timeout, the duplicate this
+    module exists to avoid.
+    """
+    if not secret:
+        return Attempt("failed", None, "no webhook secret: unsigned webhooks are never sent")
     ts = int(now())
+    try:
+        signature = sign(secret, delivery_id, ts, body)
+    except TypeError as e:
+        return Attempt("failed", None, str(e))
     headers = {
         "Content-Type": "application/json",
-        "User-Agent": "vast-dispatcher-webhook",
-        "X-Dispatcher-Delivery": delivery_id,
-        "X-Dispatcher-Event": event,
-        "X-Dispatcher-Timestamp": str(ts),
-        "X-Dispatcher-Signature": sign(secret, delivery_id, ts, body),
+        "User-Agent": USER_AGENT,
+        # Compressed answers are not decoded (no decompression bombs); ask for none.
+        "Accept-Encoding": "identity",
+        DELIVERY_HEADER: delivery_id,
+        EVENT_HEADER: event,
+        TIMESTAMP_HEADER: str(ts),
+        SIGNATURE_HEADER: signature,
     }
+    attempt = _post(session, url, bytes(body), headers, connect_timeout, read_timeout)
+    return _redacted(attempt, secret)
+
+
+def retry_delay(attempt: int, base: float = 1.0, cap: float = 300.0) -> float:
+    """Seconds before retry number ``attempt`` (0 first): full jitter spreads a burst of
+    retries after a receiver outage, so they do not all return at once; never under
+    ``base / 2`` so a retry is never immediate, never over ``cap``."""
+    ceiling = min(cap, base * 2 ** min(max(attempt, 0), 60))
+    return min(cap, max(base / 2, random.uniform(0, ceiling)))
+
+
+def _post(session: requests.Session, url: str, body: bytes, headers: dict[str, str],
+          connect_timeout: float, read_timeout: float) -> Attempt:
     try:
         r = session.post(url, data=body, headers=headers, timeout=(connect_timeout, read_timeout),
                          allow_redirects=False, stream=True)
@@ -87,36 +163,111 @@ def deliver(session: requests.Session, url: str, body: bytes, *, secret: str,
         return Attempt("failed", None, f"read timeout after {read_timeout:g}s: not retried, "
                                        "the receiver may have processed it")
     except requests.exceptions.SSLError as e:
-        return Attempt("failed", None, f"TLS error: {_reason(e)}")
+        return Attempt("failed", None, _reason(e, "TLS error"))
     except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
-            requests.exceptions.InvalidSchema) as e:
-        return Attempt("failed", None, f"invalid webhook URL: {_reason(e)}")
+            requests.exceptions.InvalidSchema, urllib3.exceptions.LocationValueError) as e:
+        # urllib3's LocationParseError (e.g. "http://a..b/") escapes requests unwrapped.
+        return Attempt("failed", None, f"invalid webhook URL: {_short(str(e))}")
     except requests.exceptions.ConnectionError as e:
-        # Refused, DNS, or the receiver closed before any answer: nothing was processed
-        # as far as HTTP can tell, so a retry is the useful choice.
-        return Attempt("retry", None, f"connection error: {_reason(e)}")
-    except requests.exceptions.RequestException as e:
-        return Attempt("failed", None, f"{type(e).__name__}: {_reason(e)}")
-    with r:
-        try:
-            text = r.raw.read(MAX_ANSWER_BYTES, decode_content=True) or b""
-        except Exception:  # the answer's status is what counts
-            text = b""
-    status = r.status_code
-    snippet = text[:200].decode("utf-8", "replace").strip()
-    if 200 <= status < 300:
-        return Attempt("delivered", status, f"HTTP {status}")
-    if status >= 500 or status in RETRY_STATUSES:
-        return Attempt("retry", status, f"HTTP {status} from receiver")
-    return Attempt("failed", status, f"HTTP {status} from receiver, not retried: {snippet}")
+        # Refused, DNS, reset, or the receiver closed the connection before any answer
+        # (requests raises ConnectionError(ProtocolError(RemoteDisconnected)) for that).
+        # Retried: the common cause is a stale keep-alive connection or a receiver that
+        # is restarting, and no answer means no sign it acted. Unlike a read timeout, a
+        # receiver that is slow but alive does not land here.
+        return Attempt("retry", None, _reason(e, "connection error"))
+    except requests.exceptions.RequestException as e:  # InvalidHeader, RetryError, ...
+        return Attempt("failed", None, f"{type(e).__name__}: {_short(str(e))}")
+    except ValueError as e:  # e.g. an event name that is not Latin-1 (UnicodeEncodeError)
+        return Attempt("failed", None, f"request could not be built: {type(e).__name__}")
+    with r:  # closes the connection, also when the answer was not read to its end
+        status = r.status_code
+        text = _read_bounded(r, MAX_ANSWER_BYTES, deadline=time.monotonic() + read_timeout)
+        if 200 <= status < 300:
+            return Attempt("delivered", status, f"HTTP {status}")
+        if status >= 500 or status in RETRY_STATUSES:
+            retry_after = r.headers.get("Retry-After")
+            hint = f" (Retry-After: {_short(retry_after, 40)})" if retry_after else ""
+            return Attempt("retry", status, f"HTTP {status} from receiver{hint}")
+        detail = f"HTTP {status} from receiver, not retried"
+        if 300 <= status < 400 and r.headers.get("Location"):
+            detail += f" (redirects are not followed; Location: {_short(r.headers['Location'])})"
+        snippet = _snippet(text, r.headers.get("Content-Encoding"))
+        return Attempt("failed", status, f"{detail}: {snippet}" if snippet else detail)
 
 
-def retry_delay(attempt: int, base: float = 1.0, cap: float = 300.0) -> float:
-    """Exponential backoff with full jitter, never under ``base / 2``."""
-    return max(base / 2, random.uniform(0, min(cap, base * 2 ** min(attempt, 30))))
+def _read_bounded(r: requests.Response, limit: int, deadline: float) -> bytes:
+    """At most ``limit`` bytes, stopping at ``deadline``: a huge, endless or dripping answer
+    must not hold a worker. Each read returns what has arrived (read1), so a slow drip is
+    cut at the deadline rather than waiting for ``limit`` bytes. Errors end the read: the
+    status is what counts."""
+    raw = r.raw
+    read = getattr(raw, "read1", None) or raw.read  # read1: urllib3 >= 2.3
+    chunks: list[bytes] = []
+    got = 0
+    try:
+        while got < limit and time.monotonic() < deadline:
+            chunk = read(min(16 * 1024, limit - got), decode_content=False)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+    except Exception:  # timeouts, resets, bad chunking: the status stands
+        pass
+    return b"".join(chunks)
 
 
-def _reason(e: Exception) -> str:
-    """The innermost reason, short; exception text holds the URL, never the secret."""
-    text = str(e.args[0] if e.args else e)
-    return text[:300]
+def _snippet(text: bytes, content_encoding: str | None) -> str:
+    if content_encoding and content_encoding.strip().lower() != "identity":
+        return f"({content_encoding.strip()[:20]}-encoded answer not shown)" if text else ""
+    decoded = text[: SNIPPET_CHARS * 4].decode("utf-8", "replace")
+    return _short(decoded, SNIPPET_CHARS)
+
+
+def _short(text: str, limit: int = SNIPPET_CHARS) -> str:
+    """One line, at most ``limit`` chars: details end up in log lines and Redis fields."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _chain(e: BaseException) -> Iterator[BaseException]:
+    """The exception and everything it wraps (requests and urllib3 nest 3-4 deep)."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [e]
+    while todo:
+        cur = todo.pop(0)
+        if id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        yield cur
+        reason = getattr(cur, "reason", None)
+        inner = [reason, cur.__cause__, cur.__context__, *cur.args]
+        todo.extend(x for x in inner if isinstance(x, BaseException))
+
+
+def _reason(e: BaseException, kind: str) -> str:
+    """A short human reason for a connection-level error, without the URL (it may carry a
+    token in its query) and without urllib3's nested reprs."""
+    chain = list(_chain(e))
+    for cls, text in (
+        (ConnectionRefusedError, "connection refused"),
+        (urllib3.exceptions.NameResolutionError, "DNS lookup failed"),
+        (socket.gaierror, "DNS lookup failed"),
+        (http.client.RemoteDisconnected, "receiver closed the connection without answering"),
+        (ConnectionResetError, "connection reset before any answer"),
+        (ConnectionAbortedError, "connection aborted before any answer"),
+    ):
+        if any(isinstance(x, cls) for x in chain):
+            return text if kind == "connection error" else f"{kind}: {text}"
+    for x in reversed(chain):  # innermost OS error first: "[Errno 113] No route to host"
+        if isinstance(x, OSError) and x.strerror:
+            return f"{kind}: {_short(x.strerror, 120)}"
+    inner = chain[-1]
+    return f"{kind}: {type(inner).__name__}: {_short(str(inner), 120)}"
+
+
+def _redacted(attempt: Attempt, secret: str) -> Attempt:
+    """Belt and braces: the secret never enters a request, but a receiver's error page
+    could echo it back (it knows it); keep it out of details, logs and Redis."""
+    if len(secret) < _REDACT_MIN or secret not in attempt.detail:
+        return attempt
+    return Attempt(attempt.outcome, attempt.status, attempt.detail.replace(secret, "[secret]"))
