@@ -55,8 +55,7 @@ def _endpoint(store: Store, ep: str, now: float, sec: int) -> dict[str, Any]:
     created = [score - band * 1e10 for band, hit in enumerate(oldest) for _, score in hit]
     wait_s = [float(x) for x in waits]
     run_s = [float(x) for x in runs]
-    level = _level(gate, now, store.budget.recover)
-    rate = store.budget.rate or (float(gate.get("learned", 0)) if level else 0.0)
+    level, rate = store.gate_state(ep)
     return {
         **{k: max(0, int(counts.get(k, 0))) for k in LIVE + ENDED},
         "oldest_wait_s": round(now - min(created), 3) if created else None,
@@ -66,18 +65,10 @@ def _endpoint(store: Store, ep: str, now: float, sec: int) -> dict[str, Any]:
         "route_calls_per_s": sum(int(c or 0) for c in calls) / RATE_WINDOW,
         "route_429s": int(gate.get("r429", 0)),
         "route_deferred": int(gate.get("deferred", 0)),
-        "route_rate": rate / 2**level if rate > 0 else None,
+        "route_rate": rate if rate > 0 else None,
         "route_backoff_level": level,
         "wait_p50_s": percentile(wait_s, 0.5),
         "wait_p95_s": percentile(wait_s, 0.95),
         "run_p50_s": percentile(run_s, 0.5),
         "run_p95_s": percentile(run_s, 0.95),
     }
-
-
-def _level(gate: dict[str, str], now: float, recover: float) -> int:
-    """The backoff level in force now (levels are given back over time, see _gate.lua)."""
-    level = int(gate.get("level", 0))
-    if level and recover > 0:
-        level = max(0, level - math.floor((now - float(gate.get("cut_at", 0))) / recover))
-    return level

@@ -127,13 +127,14 @@ class Store:
         self._create = reg(_script("create"))
         self._claim = reg(_script("claim", gate=True))
         self._mark_running = reg(_script("mark_running"))
-        self._schedule = reg(_script("schedule"))
+        self._schedule = reg(_script("schedule", gate=True))
         self._finish = reg(_script("finish"))
         self._move_due = reg(_script("move_due"))
         self._route_result = reg(_script("route_result", gate=True))
         self._hook_take = reg(_script("hook_take"))
         self._hook_done = reg(_script("hook_done"))
         self._cancel_pending = reg(_script("cancel_pending"))
+        self._gate_state = reg(_script("gate_state", gate=True))
 
     def create(self, job_id: str, fields: dict[str, Any], grace: float) -> bool:
         args = [job_id, grace, *_flatten(fields)]
@@ -161,7 +162,7 @@ class Store:
     def schedule(self, job_id: str, token: str, delay: float, fields: dict[str, Any]) -> str:
         b = self.budget
         args = [job_id, token, max(0.0, delay), b.rate, self._rng.uniform(0.5, 1.5),
-                *_flatten(fields)]
+                b.recover, *_flatten(fields)]
         return self._schedule(keys=[job_key(job_id), self.waiting], args=args)
 
     def finish(self, job_id: str, status: str, ttl: int, fields: dict[str, Any],
@@ -183,6 +184,12 @@ class Store:
         args = [status_text[:200], int(rate_limited), b.recover, b.pause_base, b.pause_cap,
                 endpoint, b.rate]
         return int(self._route_result(keys=[gate_key(endpoint)], args=args) or 0)
+
+    def gate_state(self, endpoint: str) -> tuple[int, float]:
+        """The endpoint's backoff level and route rate in force (0.0 = no limit)."""
+        b = self.budget
+        level, rate = self._gate_state(keys=[gate_key(endpoint)], args=[b.rate, b.recover])
+        return int(level), float(rate)
 
     def hook_take(self, job_id: str, seq: int, lease: float) -> tuple[str, int, dict[str, str]]:
         raw = self._hook_take(keys=[job_key(job_id), self.hooks], args=[job_id, seq, lease])

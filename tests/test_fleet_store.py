@@ -3,6 +3,7 @@ webhook delivery state, purge and stats."""
 
 from __future__ import annotations
 
+import math
 import random
 import time
 
@@ -42,11 +43,10 @@ def test_budget_grants_a_burst_then_defers_spread_over_the_backlog() -> None:
     assert outcomes[:3] == ["ok"] * 3 and outcomes[3:] == ["deferred"] * 7
     deferred = store.get("j5")
     assert deferred.status == "waiting" and store.redis.hget("dispatcher:job:j5", "seq") == "1"
-    # Spread: at 2 calls/s, the 10 pending jobs need ~5 s to each get one call;
-    # each deferred job comes back after the next token (0.5 s) + U(0.5, 1.5) x 5 s.
-    dues = sorted(store.redis.zscore(store.waiting, f"j{n}") - time.time() for n in range(3, 10))
-    assert 0.5 + 2.5 - 0.1 < dues[0] and dues[-1] < 0.5 + 7.5 + 0.1
-    assert dues[-1] - dues[0] > 0.5  # not all at once
+    # Spread: at 2 calls/s, deferred jobs queue up 0.5 s apart from the next token
+    # (0.5 s), in the order they were deferred: they come back at the budget's rate.
+    dues = [store.redis.zscore(store.waiting, f"j{n}") - time.time() for n in range(3, 10)]
+    assert dues == pytest.approx([0.5 * k for k in range(1, 8)], abs=0.05)
     gate = store.redis.hgetall(gate_key("e"))
     assert gate["calls"] == "3" and gate["deferred"] == "7"
 
@@ -228,21 +228,57 @@ def test_stray_429s_among_many_calls_do_not_slow_the_fleet() -> None:
     assert 1 in levels
 
 
-def test_with_no_configured_rate_429s_learn_one_then_give_it_back() -> None:
+def test_with_no_configured_rate_429s_learn_what_vast_let_through_then_probe_up() -> None:
     store = make_store(rate=0.0, recover=0.5, pause_base=0.01, pause_cap=0.01)
     for n in range(40):
         new_job(store, f"j{n}")
         assert store.claim(f"j{n}", 0, 30, "t").outcome == "ok"  # no limit yet
+    assert store.gate_state("e") == (0, 0.0)
     # Refused often enough (8 of 40 is 1 in 5): a cut.
     assert [store.route_result("e", "HTTP 429", True) for _ in range(8)][-1] == 1
     e = collect(store)["endpoints"]["e"]
-    # Learned 40 calls over the 2 s window = 20/s, halved once.
-    assert e["route_backoff_level"] == 1 and e["route_rate"] == 10.0
-    time.sleep(0.13)  # past the pause, and one token (10/s) refilled
+    # Learned: the 32 calls Vast let through, over the time since the window's first
+    # second with calls (at most 2 s, at least 0.25 s), halved once.
+    learned = float(store.redis.hget(gate_key("e"), "learned"))
+    assert 16.0 <= learned <= 128.0
+    assert e["route_backoff_level"] == 1 and e["route_rate"] == pytest.approx(learned / 2)
+    time.sleep(0.13)  # past the pause, and a token refilled
     for n in range(40, 60):
         new_job(store, f"j{n}")
     outcomes = [store.claim(f"j{n}", 0, 30, "t").outcome for n in range(40, 60)]
     assert outcomes[0] == "ok" and "deferred" in outcomes  # limited now
     time.sleep(0.55)
-    e = collect(store)["endpoints"]["e"]
-    assert e["route_backoff_level"] == 0 and e["route_rate"] is None  # no limit again
+    level, rate = store.gate_state("e")
+    assert level == 0 and rate == pytest.approx(learned)  # the learned rate, not unlimited
+    time.sleep(1.1)  # quiet periods, but a fleet that does not use the rate: no raise
+    for n in range(60, 70):
+        new_job(store, f"j{n}")
+        store.claim(f"j{n}", 0, 30, "t")
+    assert store.gate_state("e")[1] == pytest.approx(learned)
+    # A fleet that wants more than the rate allows for over a full second: it is raised
+    # by 25% per quiet period (0.5 s here).
+    outcomes, start, n = [], time.time(), 70
+    while time.time() - start < 2.2:
+        n += 1
+        new_job(store, f"j{n}")
+        outcomes.append(store.claim(f"j{n}", 0, 30, "t").outcome)
+        time.sleep(0.001)
+    assert outcomes.count("deferred") > outcomes.count("ok")
+    level, rate = store.gate_state("e")
+    steps = math.log(rate / learned, 1.25)
+    assert level == 0 and 1 <= round(steps) <= 4 and steps == pytest.approx(round(steps))
+
+
+def test_a_learned_rate_spreads_polls_of_waiting_jobs() -> None:
+    store = make_store(rate=0.0, recover=60.0, pause_base=0.01, pause_cap=0.01)
+    for n in range(50):
+        new_job(store, f"j{n}")
+        assert store.claim(f"j{n}", 0, 30, "t").outcome == "ok"
+    for _ in range(20):
+        store.route_result("e", "HTTP 429", True)
+    learned = float(store.redis.hget(gate_key("e"), "learned"))
+    # 50 pending jobs at the learned (unhalved) rate: a 10 ms poll delay stretches to
+    # 50 / rate, times the spread draw (0.5 to 1.5).
+    assert store.schedule("j0", "t", 0.01, {}) == "ok"
+    due = store.redis.zscore(store.waiting, "j0") - time.time()
+    assert due >= 0.5 * 50 / learned - 0.1

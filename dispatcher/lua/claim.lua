@@ -33,16 +33,20 @@ if j[1] and t < deadline then
   local rate = tonumber(ARGV[5])
   local wait = gate_take(g, j[1], t, rate, tonumber(ARGV[6]), tonumber(ARGV[7]))
   if wait > 0 then
-    -- No budget: wait in Redis, not in a worker. Spread the fleet's waiting
-    -- jobs over the time the full budget needs to poll each of them once, so
-    -- they come back at about the budget's rate instead of all at once. (The
-    -- full rate, not the backed-off one: a spread locked in at a low rate
-    -- would keep the fleet slow long after 429s stop.)
+    -- No budget: wait in Redis, not in a worker, for the endpoint's next free
+    -- slot: deferred jobs queue up one budget interval apart (`next_slot`), so
+    -- thousands deferred at once come back at about the budget's rate, from
+    -- now on, not all together. The queue is never longer than the pending
+    -- jobs need (jobs that ended leave no gaps). The full rate, not the
+    -- backed-off one: slots locked in at a low rate would keep the fleet slow
+    -- long after 429s stop.
     local due = t + wait + tonumber(ARGV[8]) * tonumber(ARGV[9])
-    local spread_rate = rate > 0 and rate or gate_rate(g, t, 0, tonumber(ARGV[7]))
+    local _, _, spread_rate = gate_state(g, t, rate, tonumber(ARGV[7]))
     if spread_rate > 0 then
       local n = tonumber(redis.call('ZCARD', pending_key(j[4] or '', j[1])))
-      due = t + wait + tonumber(ARGV[8]) * n / spread_rate
+      local tail = tonumber(redis.call('HGET', g, 'next_slot') or '0')
+      due = math.min(math.max(t + wait, tail), t + wait + n / spread_rate)
+      redis.call('HSET', g, 'next_slot', fmt(due + 1 / spread_rate))
     end
     due = math.min(deadline, due)
     redis.call('HINCRBY', KEYS[1], 'deferrals', 1)

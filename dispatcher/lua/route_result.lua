@@ -16,9 +16,13 @@ local sec = math.floor(t)
 local k429 = PREFIX .. 'r429:' .. ARGV[6] .. ':'
 redis.call('INCR', k429 .. sec)
 redis.call('EXPIRE', k429 .. sec, 60)
-local calls, limited = 0, 0
+local calls, limited, span = 0, 0, 0
 for s = sec - 1, sec do
-  calls = calls + tonumber(redis.call('GET', PREFIX .. 'calls:' .. ARGV[6] .. ':' .. s) or '0')
+  local c = tonumber(redis.call('GET', PREFIX .. 'calls:' .. ARGV[6] .. ':' .. s) or '0')
+  if c > 0 and span == 0 then
+    span = t - s -- the window starts with its first second that had calls
+  end
+  calls = calls + c
   limited = limited + tonumber(redis.call('GET', k429 .. s) or '0')
 end
 if limited * 5 < calls then
@@ -28,10 +32,12 @@ local cut = tonumber(redis.call('HGET', KEYS[1], 'cut_at') or '0')
 if t - cut < 1 then
   return 0
 end
-local before = gate_level(KEYS[1], t, tonumber(ARGV[3]))
+local before = gate_state(KEYS[1], t, tonumber(ARGV[7]), tonumber(ARGV[3]))
 if tonumber(ARGV[7]) <= 0 and before == 0 then
-  -- No configured rate: learn the one the fleet was calling at when refused.
-  redis.call('HSET', KEYS[1], 'learned', math.max(1, calls / 2))
+  -- No configured rate: learn the one Vast let through over the window. Only
+  -- from a fleet at full rate: below it, the window holds pauses, not Vast's limit.
+  local accepted = (calls - limited) / math.max(0.25, span)
+  redis.call('HSET', KEYS[1], 'learned', fmt(math.max(1, accepted)))
 end
 local level = math.min(before + 1, 8)
 local pause = math.min(tonumber(ARGV[5]), tonumber(ARGV[4]) * 2 ^ (level - 1))

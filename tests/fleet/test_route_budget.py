@@ -168,3 +168,36 @@ def test_429s_back_the_whole_fleet_off_then_it_recovers(redis_server: RedisServe
     assert levels["route_429s"] > 0
     # Recovered: back near the budget, and no new 429s.
     assert open_calls / 5 > 0.5 * budget and open_429 == 0
+
+
+@pytest.mark.timeout(300)
+def test_with_no_configured_rate_the_fleet_learns_vasts_limit(redis_server: RedisServer) -> None:
+    """DISPATCHER_ROUTE_RATE=0: no limit until Vast refuses; then the fleet calls at about
+    what Vast let through, probing 25% higher per quiet period, instead of storming
+    again each time it recovers."""
+    ep = "fleet-unknown"
+    limit = 8.0
+    config = {
+        "api_key": API_KEY, "seed": 7, "rate_limit": {"rate": limit, "burst": 4.0},
+        "endpoints": {ep: {"workers": 0, "max_workers": 1, "cold_start": 600}},
+    }
+    env = {
+        "REDIS_URL": redis_server.url, "VAST_API_KEY": API_KEY,
+        "DISPATCHER_QUEUE": f"learn-{uuid.uuid4().hex[:6]}",
+        "DISPATCHER_ROUTE_RATE": "0", "DISPATCHER_ROUTE_RECOVER": "2",
+    }
+    with fleet(config, env, 2) as (emu, client):
+        for i in range(2000):
+            client.submit(ep, {"n": i}, path="/x", max_wait=600)
+        time.sleep(4)  # the first storm is refused and the fleet learns
+        calls, limited = _route_window(emu, 16)
+        s = client.stats()["endpoints"][ep]
+        client.purge(ep)
+    print(f"\nlearned rate: Vast at {limit:g}/s: {calls / 16:.1f} calls/s, {limited} x 429 "
+          f"({limited / max(1, calls):.0%}); rate in force {s['route_rate']}, "
+          f"level {s['route_backoff_level']}")
+    # Settled around Vast's limit: neither a storm (hundreds of calls/s, most refused)
+    # nor stuck far below it.
+    assert 0.5 * limit <= calls / 16 <= 1.6 * limit
+    assert limited / max(1, calls) < 0.25
+    assert s["route_rate"] is not None and s["route_rate"] <= 2 * limit
