@@ -1,8 +1,9 @@
 """Queue health per endpoint, read from the counters the Lua scripts keep.
 
 Everything here is a read: gauges and totals are moved atomically with each
-status change (``index_move`` in lua/_common.lua), so ``stats()`` costs one
-pipelined round trip per endpoint however many jobs there are.
+status change (``index_move`` in lua/_common.lua), so ``stats()`` costs two
+round trips per endpoint (one pipeline, and the route budget in force from
+lua/gate_state.lua) however many jobs there are.
 """
 
 from __future__ import annotations
