@@ -14,6 +14,11 @@ local function gate_key(ep)
   return PREFIX .. 'gate:' .. ep
 end
 
+-- Route calls the fleet made in one second (for the 429 share, probes, stats).
+local function calls_key(ep, sec)
+  return PREFIX .. 'calls:' .. ep .. ':' .. sec
+end
+
 -- The budget in force: level, rate (calls/s, 0 = no limit), and the rate
 -- before halving (what waiting jobs are spread over).
 local function gate_state(g, t, rate, recover)
@@ -34,7 +39,7 @@ local function gate_probe(g, ep, t, r, recover)
   local h = redis.call('HMGET', g, 'learned', 'cut_at', 'level', 'probed_at')
   local quiet_since = math.max(tonumber(h[4] or '0'),
     tonumber(h[2] or '0') + tonumber(h[3] or '0') * recover)
-  local last = PREFIX .. 'calls:' .. ep .. ':' .. (math.floor(t) - 1)
+  local last = calls_key(ep, math.floor(t) - 1)
   if recover > 0 and t - quiet_since >= recover
       and tonumber(redis.call('GET', last) or '0') >= 0.9 * r then
     redis.call('HSET', g, 'learned', fmt(tonumber(h[1]) * PROBE), 'probed_at', fmt(t))
@@ -67,7 +72,7 @@ local function gate_take(g, ep, t, rate, burst, recover)
     redis.call('HSET', g, 'tokens', tokens - 1, 'ts', fmt(t))
   end
   redis.call('HINCRBY', g, 'calls', 1)
-  local sec = PREFIX .. 'calls:' .. ep .. ':' .. math.floor(t)
+  local sec = calls_key(ep, math.floor(t))
   redis.call('INCR', sec)
   redis.call('EXPIRE', sec, 60)
   return 0

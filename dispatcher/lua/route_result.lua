@@ -18,7 +18,7 @@ redis.call('INCR', k429 .. sec)
 redis.call('EXPIRE', k429 .. sec, 60)
 local calls, limited, span = 0, 0, 0
 for s = sec - 1, sec do
-  local c = tonumber(redis.call('GET', PREFIX .. 'calls:' .. ARGV[6] .. ':' .. s) or '0')
+  local c = tonumber(redis.call('GET', calls_key(ARGV[6], s)) or '0')
   if c > 0 and span == 0 then
     span = t - s -- the window starts with its first second that had calls
   end
