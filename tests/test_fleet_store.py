@@ -246,11 +246,14 @@ def test_with_no_configured_rate_429s_learn_what_vast_let_through_then_probe_up(
     for n in range(40, 60):
         new_job(store, f"j{n}")
     outcomes = [store.claim(f"j{n}", 0, 30, "t").outcome for n in range(40, 60)]
+    last_calls = time.time()
     assert outcomes[0] == "ok" and "deferred" in outcomes  # limited now
     time.sleep(0.55)
     level, rate = store.gate_state("e")
     assert level == 0 and rate == pytest.approx(learned)  # the learned rate, not unlimited
-    time.sleep(1.1)  # quiet periods, but a fleet that does not use the rate: no raise
+    # Quiet periods, but a fleet that does not use the rate: no raise. (Wait until the
+    # last full second holds none of the calls above, whatever the clock's phase.)
+    time.sleep(math.floor(last_calls) + 2.05 - time.time())
     for n in range(60, 70):
         new_job(store, f"j{n}")
         store.claim(f"j{n}", 0, 30, "t")
