@@ -117,6 +117,38 @@ def test_an_assignment_wakes_the_most_urgent_waiting_job() -> None:
     assert store.finish("x", "failed", 60, {}, wake=0).woken == []
 
 
+def test_a_woken_job_holds_the_freed_slot_against_less_urgent_polls() -> None:
+    store = make_store(rate=0.0)
+    for job_id, prio in (("high", 8), ("low", 1), ("peer", 8), ("runner", 0)):
+        new_job(store, job_id, priority=prio)
+    to_waiting(store, "high", delay=60)
+    store.claim("runner", 0, 30, "r")
+    assert [d.id for d in store.mark_running("runner", "r", 30, {}, grace=15).woken] == ["high"]
+    held_until = float(store.redis.hget("dispatcher:job:high", "held_until"))
+    assert held_until == pytest.approx(time.time() + 2.0, abs=0.1)
+    # A less urgent poll waits until the hold ends; an equally urgent one goes ahead.
+    assert store.claim("low", 0, 30, "t").outcome == "deferred"
+    assert store.redis.zscore(store.waiting, "low") == pytest.approx(held_until, abs=1e-3)
+    assert store.claim("peer", 0, 30, "p").outcome == "ok"
+    # The woken job's own claim is not held back; its answer ends the hold.
+    assert store.claim("high", 1, 30, "h").outcome == "ok"
+    assert store.schedule("high", "h", 60, {"wait_reason": "no worker"}) == "ok"
+    assert store.claim("low", 1, 30, "t").outcome == "ok"
+
+
+def test_a_hold_whose_job_never_came_lapses() -> None:
+    store = make_store(rate=0.0)
+    for job_id, prio in (("high", 8), ("low", 1), ("runner", 0)):
+        new_job(store, job_id, priority=prio)
+    to_waiting(store, "high", delay=60)
+    store.claim("runner", 0, 30, "r")
+    store.mark_running("runner", "r", 30, {}, grace=0.2)  # the hold is min(grace, 2 s)
+    assert store.claim("low", 0, 30, "t").outcome == "deferred"
+    time.sleep(0.25)
+    assert store.claim("low", 1, 30, "t").outcome == "ok"
+    assert store.redis.zcard("dispatcher:held:e") == 0
+
+
 def test_running_and_finished_jobs_leave_the_pending_index() -> None:
     store = make_store()
     new_job(store, "a")

@@ -24,6 +24,33 @@ local function pending_score(priority, created_at)
   return (9 - tonumber(priority or '0')) * 1e10 + tonumber(created_at or '0')
 end
 
+-- A woken job holds the freed GPU slot until its route call is answered (at
+-- most HOLD seconds, should its message be lost): a less urgent job of the
+-- endpoint that polls meanwhile waits, instead of taking the slot in the
+-- milliseconds before the woken job's call lands. Per endpoint, as slots are.
+local HOLD = 2.0
+
+local function held_key(ep)
+  return PREFIX .. 'held:' .. ep
+end
+
+-- When a hold by a job more urgent than `priority` ends, or nil if none.
+local function held_for_more_urgent(ep, priority, t)
+  local hk = held_key(ep)
+  for _ = 1, 8 do
+    local top = redis.call('ZREVRANGE', hk, 0, 0, 'WITHSCORES')
+    if #top == 0 or tonumber(top[2]) <= priority then
+      return nil
+    end
+    local until_ = tonumber(redis.call('HGET', PREFIX .. 'job:' .. top[1], 'held_until') or '0')
+    if until_ > t then
+      return until_
+    end
+    redis.call('ZREM', hk, top[1]) -- its message was lost or the job is gone
+  end
+  return nil
+end
+
 -- Every status change goes through here, in the same script as the change:
 -- per-endpoint gauges (live states) and totals (terminal states) for
 -- `dispatcher stats`, and the endpoint's pending index.
@@ -40,22 +67,26 @@ local function index_move(job, id, from, to)
     redis.call('ZADD', pk, pending_score(h[3], h[4]), id)
   elseif PENDING[from] and not PENDING[to] then
     redis.call('ZREM', pk, id)
+    redis.call('ZREM', held_key(ep), id)
   end
 end
 
 -- Put a job back to wait until `due`; bumps seq so older messages go stale.
+-- A job put back has had its answer: any hold it had on a slot ends.
 local function schedule_job(job, waiting, id, from, due)
   redis.call('HINCRBY', job, 'seq', 1)
   redis.call('HSET', job, 'status', 'waiting', 'next_poll_at', fmt(due))
-  redis.call('HDEL', job, 'lease_until', 'lease_token')
+  redis.call('HDEL', job, 'lease_until', 'lease_token', 'held_until')
+  redis.call('ZREM', held_key(redis.call('HGET', job, 'endpoint') or ''), id)
   redis.call('ZADD', waiting, due, id)
   index_move(job, id, from, 'waiting')
 end
 
 -- A GPU slot of the endpoint is free (an assignment, a finished job): hand the
 -- most urgent waiting jobs to the caller to publish now, ahead of their poll
--- time, so priority decides who gets freed capacity. Like move_due, each
--- taken job stays in the waiting set, due again after `grace`.
+-- time, so priority decides who gets freed capacity, and let them hold it
+-- (HOLD). Like move_due, each taken job stays in the waiting set, due again
+-- after `grace`.
 local function wake(job, waiting, n, grace)
   local out = {}
   if n <= 0 then return out end
@@ -71,7 +102,8 @@ local function wake(job, waiting, n, grace)
       local due = tonumber(redis.call('ZSCORE', waiting, id) or '0')
       if due > t then
         redis.call('ZADD', waiting, t + grace, id)
-        redis.call('HSET', jk, 'woken_seq', j[2])
+        redis.call('HSET', jk, 'woken_seq', j[2], 'held_until', fmt(t + math.min(grace, HOLD)))
+        redis.call('ZADD', held_key(h[1]), tonumber(j[3] or '0'), id)
         out[#out + 1] = id
         out[#out + 1] = j[2]
         out[#out + 1] = j[3] or '0'

@@ -1,5 +1,6 @@
 -- Take the lease on a job for one dispatch run, and a route call from the
--- endpoint's fleet budget (_gate.lua).
+-- endpoint's fleet budget (_gate.lua), unless a more urgent job holds the
+-- endpoint's freed slot (HOLD in _common.lua).
 -- KEYS: job, waiting (the gate key is derived from the job's endpoint).
 -- ARGV: job_id, seq, lease_seconds, token, rate, burst, recover, spread_draw, poll_cap
 -- Returns {outcome, redis_now[, field, value, ...]}.
@@ -26,9 +27,16 @@ if lease > t then
   redis.call('ZADD', KEYS[2], 'LT', lease, ARGV[1])
   return {'busy', fmt(t)}
 end
-local j = redis.call('HMGET', KEYS[1], 'endpoint', 'created_at', 'max_wait', 'queue')
+local j = redis.call('HMGET', KEYS[1], 'endpoint', 'created_at', 'max_wait', 'queue', 'priority')
 local deadline = tonumber(j[2] or '0') + tonumber(j[3] or '0')
 if j[1] and t < deadline then
+  -- A more urgent job was woken for a freed slot: leave the slot to it.
+  local held = held_for_more_urgent(j[1], tonumber(j[5] or '0'), t)
+  if held then
+    redis.call('HINCRBY', KEYS[1], 'deferrals', 1)
+    schedule_job(KEYS[1], KEYS[2], ARGV[1], st, math.min(deadline, held))
+    return {'deferred', fmt(t)}
+  end
   local g = gate_key(j[1])
   local rate = tonumber(ARGV[5])
   local wait = gate_take(g, j[1], t, rate, tonumber(ARGV[6]), tonumber(ARGV[7]))

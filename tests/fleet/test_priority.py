@@ -45,6 +45,12 @@ def _inversions(order: list[int]) -> int:
     return sum(1 for i, a in enumerate(order) for b in order[i + 1:] if a < b)
 
 
+def _lows_ahead(order: list[int]) -> int:
+    """Slots a low-priority job took while a high-priority one still waited."""
+    last_high = max(i for i, p in enumerate(order) if p == HIGH)
+    return order[:last_high].count(LOW)
+
+
 @pytest.fixture
 def vast() -> Emulator:
     config = EmulatorConfig.from_dict({"api_key": API_KEY, "seed": 11, "endpoints": {}})
@@ -80,8 +86,12 @@ def test_waiting_jobs_get_freed_gpu_slots_most_urgent_first(
     redis_server: RedisServer, vast: Emulator,
 ) -> None:
     """All jobs wait through a cold start; then one GPU slot serves them one at a time.
-    Each freed slot wakes the most urgent waiting job, so priority 8 drains first."""
-    env = _env(redis_server, vast)
+    Each freed slot wakes the most urgent waiting job and holds the slot for it, so
+    priority 8 drains first."""
+    # Each job polls at most every 3 s: a low-priority poll already in flight when a
+    # slot frees can still win it (no hold can stop a call already made), and those
+    # races grow with how often low jobs poll.
+    env = {**_env(redis_server, vast), "DISPATCHER_POLL_CAP": "3"}
     ep = _one_slot(vast, cold=3.0, workers=0)
     with worker_process(env, concurrency=16) as w:
         wait_for_worker(redis_server.url, w)
@@ -90,10 +100,10 @@ def test_waiting_jobs_get_freed_gpu_slots_most_urgent_first(
         ids |= {client.submit(ep, {"n": n}, path="/x", priority=HIGH): HIGH for n in range(N)}
         order = _order(client, ids)
         client.close()
-    print(f"\nwaiting order: {''.join('H' if p == HIGH else 'l' for p in order)}, "
-          f"{_inversions(order[1:])} inversions after the first")
     # The first job is whoever polled when the GPU came up; after that, urgent first.
-    # Not strictly: a low-priority job whose own poll lands in the few milliseconds
-    # between a slot freeing and the woken job's route call takes that slot.
-    assert order[1:N + 1].count(HIGH) >= N - 3, order
-    assert _inversions(order[1:]) <= N * N // 10
+    ahead = _lows_ahead(order[1:])
+    print(f"\nwaiting order: {''.join('H' if p == HIGH else 'l' for p in order)}, "
+          f"{ahead} low jobs ahead of a waiting high one, "
+          f"{_inversions(order[1:])} inversions after the first")
+    # A random order puts about N/2 low jobs ahead; measured here: 2 in 12 runs of 14 slots.
+    assert ahead <= 3, order
