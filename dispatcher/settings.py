@@ -12,6 +12,9 @@ from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 
 DEFAULT_ROUTE_URL = "https://run.vast.ai/route/"
+# The smallest default route burst: movers hand due jobs over in 0.1 s batches, so
+# at low rates jobs on time for their slots arrive together (see lua/_gate.lua).
+ROUTE_MIN_BURST = 3.0
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -79,7 +82,7 @@ class Settings:
     max_backlog: int = 0
     # The fleet's /route/ budget per endpoint, shared through Redis; 0 = no limit.
     route_rate: float = 50.0
-    route_burst: float = 0.0  # 0: a fifth of a second's worth, at least 1
+    route_burst: float = 0.0  # 0: a fifth of a second's worth, at least ROUTE_MIN_BURST
     route_recover: float = 10.0
     webhook_secret: str | None = field(default=None, repr=False)
     webhook_timeout: float = 10.0
@@ -90,7 +93,7 @@ class Settings:
         if self.route_rate < 0:
             raise ValueError("DISPATCHER_ROUTE_RATE: must be >= 0 (0 turns the limit off)")
         if self.route_burst <= 0:
-            object.__setattr__(self, "route_burst", max(1.0, self.route_rate / 5))
+            object.__setattr__(self, "route_burst", max(ROUTE_MIN_BURST, self.route_rate / 5))
         if self.webhook_attempts < 1:
             raise ValueError("DISPATCHER_WEBHOOK_ATTEMPTS: must be >= 1")
         if self.max_backlog <= 0:

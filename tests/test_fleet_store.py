@@ -307,6 +307,47 @@ def test_with_no_configured_rate_429s_learn_what_vast_let_through_then_probe_up(
     assert level == 0 and 1 <= round(steps) <= 4 and steps == pytest.approx(round(steps))
 
 
+def test_a_probe_brings_the_waiting_schedule_in_line_with_the_raised_rate() -> None:
+    store = make_store(rate=0.0, recover=0.5)
+    store.redis.hset(gate_key("e"), mapping={"learned": 10.0})
+    for job_id in ("far", "leased", "caller"):
+        new_job(store, job_id)
+    to_waiting(store, "far", delay=100)
+    store.claim("leased", 0, 30, "l")
+    due_far = store.redis.zscore(store.waiting, "far")
+    due_leased = store.redis.zscore(store.waiting, "leased")
+    # The fleet used the whole learned rate over the last full second: the next call
+    # probes 25% higher, and waiting jobs come back 1.25 times sooner.
+    sec = int(store.redis.time()[0])
+    store.redis.set(f"dispatcher:calls:e:{sec - 1}", 10)
+    t = time.time()
+    assert store.claim("caller", 0, 30, "c").outcome == "ok"
+    assert float(store.redis.hget(gate_key("e"), "learned")) == pytest.approx(12.5)
+    assert store.redis.zscore(store.waiting, "far") - t == pytest.approx((due_far - t) / 1.25,
+                                                                         abs=0.05)
+    assert store.get("far").next_poll_at == pytest.approx(store.redis.zscore(store.waiting, "far"))
+    assert store.redis.zscore(store.waiting, "leased") == due_leased  # a run holds it
+
+
+@pytest.mark.parametrize(("learned", "relearned"), [(32.0, True), (3.0, False)])
+def test_a_backed_off_fleet_still_refused_relearns_only_a_lower_rate(
+    learned: float, relearned: bool,
+) -> None:
+    """At level 2, 8 of 10 calls over the last 1-2 s got through: 4 to 8 calls/s."""
+    store = make_store(rate=0.0, recover=60.0, pause_base=0.01, pause_cap=0.01)
+    if store.redis.time()[1] > 900_000:  # keep the calls below in the window's first second
+        time.sleep(0.15)
+    t = store.redis.time()[0]
+    store.redis.hset(gate_key("e"), mapping={"learned": learned, "level": 2, "cut_at": t - 5})
+    store.redis.set(f"dispatcher:calls:e:{t - 1}", 10)
+    levels = [store.route_result("e", "HTTP 429", True) for _ in range(2)]
+    now = float(store.redis.hget(gate_key("e"), "learned"))
+    if relearned:  # 32/s was too high: learn what got through, one halving below it
+        assert levels == [0, 1] and 4.0 <= now <= 8.0
+    else:  # 3/s is below what got through: keep it, back off one more level
+        assert levels == [0, 3] and now == 3.0
+
+
 def test_a_learned_rate_spreads_polls_of_waiting_jobs() -> None:
     store = make_store(rate=0.0, recover=60.0, pause_base=0.01, pause_cap=0.01)
     for n in range(50):

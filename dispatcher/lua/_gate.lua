@@ -4,11 +4,15 @@
 -- pause the whole fleet; one level is given back every `recover` seconds.
 -- With no configured rate (0), each cut learns the rate Vast let through
 -- (route_result.lua) and levels halve that one. Once they are all given back,
--- a fleet that wants more than the learned rate raises it by PROBE per
--- `recover` seconds, to find out whether Vast now allows more; one that wants
--- less leaves it alone. Before the first cut there is no limit.
+-- a fleet that uses the whole learned rate raises it by PROBE per `recover`
+-- seconds, to find out whether Vast now allows more; one that uses less
+-- leaves it alone. Before the first cut there is no limit.
 
 local PROBE = 1.25 -- one step above Vast's limit is 1 in 5 refused: a cut
+-- Movers hand due jobs over in 0.1 s batches, so jobs on time for their slots
+-- arrive in twos and threes at low rates: a smaller bucket refuses them and
+-- sends them to the back of the queue. As ROUTE_MIN_BURST in settings.py.
+local MIN_BURST = 3
 
 local function gate_key(ep)
   return PREFIX .. 'gate:' .. ep
@@ -33,9 +37,33 @@ local function gate_state(g, t, rate, recover)
   return level, rate / (2 ^ level), rate
 end
 
+-- The endpoint's waiting jobs were spread for the old rate (next_slot, the
+-- stretched poll delays): bring their due times `factor` closer, so a raised
+-- rate is used now, not once the whole backlog has turned over. Leased jobs
+-- and jobs already handed over keep theirs.
+local function compress_schedule(g, pk, waiting, t, factor)
+  for _, id in ipairs(redis.call('ZRANGE', pk, 0, -1)) do
+    local due = tonumber(redis.call('ZSCORE', waiting, id) or '0')
+    if due > t then
+      local jk = PREFIX .. 'job:' .. id
+      local h = redis.call('HMGET', jk, 'status', 'lease_until', 'seq', 'woken_seq')
+      if h[1] == 'waiting' and not h[2] and h[3] ~= h[4] then
+        local new = fmt(t + (due - t) / factor)
+        redis.call('ZADD', waiting, new, id)
+        redis.call('HSET', jk, 'next_poll_at', new)
+      end
+    end
+  end
+  local tail = tonumber(redis.call('HGET', g, 'next_slot') or '0')
+  if tail > t then
+    redis.call('HSET', g, 'next_slot', fmt(t + (tail - t) / factor))
+  end
+end
+
 -- A learned rate the fleet used up over the last full second, with no cut for
--- `recover` seconds and no raise since: try PROBE times more.
-local function gate_probe(g, ep, t, r, recover)
+-- `recover` seconds and no raise since: try PROBE times more, and bring the
+-- waiting jobs' schedule in line with it.
+local function gate_probe(g, ep, t, r, recover, pk, waiting)
   local h = redis.call('HMGET', g, 'learned', 'cut_at', 'level', 'probed_at')
   local quiet_since = math.max(tonumber(h[4] or '0'),
     tonumber(h[2] or '0') + tonumber(h[3] or '0') * recover)
@@ -43,11 +71,13 @@ local function gate_probe(g, ep, t, r, recover)
   if recover > 0 and t - quiet_since >= recover
       and tonumber(redis.call('GET', last) or '0') >= 0.9 * r then
     redis.call('HSET', g, 'learned', fmt(tonumber(h[1]) * PROBE), 'probed_at', fmt(t))
+    compress_schedule(g, pk, waiting, t, PROBE)
   end
 end
 
--- Takes a token: returns 0, or the seconds until one is expected.
-local function gate_take(g, ep, t, rate, burst, recover)
+-- Takes a token: returns 0, or the seconds until one is expected. `pk` and
+-- `waiting` (the job's pending index and waiting set) are for gate_probe.
+local function gate_take(g, ep, t, rate, burst, recover, pk, waiting)
   local h = redis.call('HMGET', g, 'tokens', 'ts', 'paused_until')
   local paused = tonumber(h[3] or '0')
   if paused > t then
@@ -57,15 +87,15 @@ local function gate_take(g, ep, t, rate, burst, recover)
   local level, r = gate_state(g, t, rate, recover)
   if r > 0 then
     if rate <= 0 then
-      burst = math.max(1, r / 5) -- a learned rate: the default burst for it
+      burst = math.max(MIN_BURST, r / 5) -- a learned rate: the default burst for it
+      if level == 0 then
+        gate_probe(g, ep, t, r, recover, pk, waiting)
+      end
     end
     local tokens = tonumber(h[1] or burst)
     tokens = math.min(burst, tokens + math.max(0, t - tonumber(h[2] or t)) * r)
     if tokens < 1 then
       redis.call('HSET', g, 'tokens', tokens, 'ts', fmt(t))
-      if rate <= 0 and level == 0 then
-        gate_probe(g, ep, t, r, recover)
-      end
       redis.call('HINCRBY', g, 'deferred', 1)
       return (1 - tokens) / r
     end

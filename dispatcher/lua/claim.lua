@@ -39,7 +39,8 @@ if j[1] and t < deadline then
   end
   local g = gate_key(j[1])
   local rate = tonumber(ARGV[5])
-  local wait = gate_take(g, j[1], t, rate, tonumber(ARGV[6]), tonumber(ARGV[7]))
+  local pk = pending_key(j[4] or '', j[1])
+  local wait = gate_take(g, j[1], t, rate, tonumber(ARGV[6]), tonumber(ARGV[7]), pk, KEYS[2])
   if wait > 0 then
     -- No budget: wait in Redis, not in a worker, for the endpoint's next free
     -- slot: deferred jobs queue up one budget interval apart (`next_slot`), so
@@ -51,7 +52,7 @@ if j[1] and t < deadline then
     local due = t + wait + tonumber(ARGV[8]) * tonumber(ARGV[9])
     local _, _, spread_rate = gate_state(g, t, rate, tonumber(ARGV[7]))
     if spread_rate > 0 then
-      local n = tonumber(redis.call('ZCARD', pending_key(j[4] or '', j[1])))
+      local n = tonumber(redis.call('ZCARD', pk))
       local tail = tonumber(redis.call('HGET', g, 'next_slot') or '0')
       due = math.min(math.max(t + wait, tail), t + wait + n / spread_rate)
       redis.call('HSET', g, 'next_slot', fmt(due + 1 / spread_rate))

@@ -33,11 +33,18 @@ if t - cut < 1 then
   return 0
 end
 local before = gate_state(KEYS[1], t, tonumber(ARGV[7]), tonumber(ARGV[3]))
-if tonumber(ARGV[7]) <= 0 and before == 0 then
-  -- No configured rate: learn the one Vast let through over the window. Only
-  -- from a fleet at full rate: below it, the window holds pauses, not Vast's limit.
-  local accepted = (calls - limited) / math.max(0.25, span)
-  redis.call('HSET', KEYS[1], 'learned', fmt(math.max(1, accepted)))
+if tonumber(ARGV[7]) <= 0 then
+  -- No configured rate: learn the one Vast let through over the window. From a
+  -- fleet at full rate; or from a backed-off one still refused, when it let
+  -- less through than the figure in force: that figure was too high (a burst
+  -- read over a short window), and halving it again and again would keep the
+  -- fleet swinging between 429 storms and pauses.
+  local accepted = math.max(1, (calls - limited) / math.max(0.25, span))
+  local learned = tonumber(redis.call('HGET', KEYS[1], 'learned') or '0')
+  if before == 0 or accepted < learned then
+    redis.call('HSET', KEYS[1], 'learned', fmt(accepted))
+    before = 0
+  end
 end
 local level = math.min(before + 1, 8)
 local pause = math.min(tonumber(ARGV[5]), tonumber(ARGV[4]) * 2 ^ (level - 1))
