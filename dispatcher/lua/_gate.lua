@@ -60,36 +60,39 @@ local function compress_schedule(g, pk, waiting, t, factor)
   end
 end
 
--- A learned rate the fleet used up over the last full second, with no cut for
--- `recover` seconds and no raise since: try PROBE times more, and bring the
--- waiting jobs' schedule in line with it.
+-- A learned rate `r` the fleet used up over the last full second, with no cut
+-- for `recover` seconds and no raise since: try PROBE times more, and bring the
+-- waiting jobs' schedule in line with it. Returns the learned rate now.
 local function gate_probe(g, ep, t, r, recover, pk, waiting)
-  local h = redis.call('HMGET', g, 'learned', 'cut_at', 'level', 'probed_at')
-  local quiet_since = math.max(tonumber(h[4] or '0'),
-    tonumber(h[2] or '0') + tonumber(h[3] or '0') * recover)
+  local h = redis.call('HMGET', g, 'cut_at', 'level', 'probed_at')
+  local quiet_since = math.max(tonumber(h[3] or '0'),
+    tonumber(h[1] or '0') + tonumber(h[2] or '0') * recover)
   local last = calls_key(ep, math.floor(t) - 1)
   if recover > 0 and t - quiet_since >= recover
       and tonumber(redis.call('GET', last) or '0') >= 0.9 * r then
-    redis.call('HSET', g, 'learned', fmt(tonumber(h[1]) * PROBE), 'probed_at', fmt(t))
+    redis.call('HSET', g, 'learned', fmt(r * PROBE), 'probed_at', fmt(t))
     compress_schedule(g, pk, waiting, t, PROBE)
+    return r * PROBE
   end
+  return r
 end
 
--- Takes a token: returns 0, or the seconds until one is expected. `pk` and
--- `waiting` (the job's pending index and waiting set) are for gate_probe.
+-- Takes a token: returns 0, or the seconds until one is expected; and the
+-- rate before halving (gate_state), which deferred jobs are spread over.
+-- `pk` and `waiting` (the job's pending index and waiting set) are for gate_probe.
 local function gate_take(g, ep, t, rate, burst, recover, pk, waiting)
   local h = redis.call('HMGET', g, 'tokens', 'ts', 'paused_until')
+  local level, r, base = gate_state(g, t, rate, recover)
   local paused = tonumber(h[3] or '0')
   if paused > t then
     redis.call('HINCRBY', g, 'deferred', 1)
-    return paused - t
+    return paused - t, base
   end
-  local level, r = gate_state(g, t, rate, recover)
   if r > 0 then
     if rate <= 0 then
       burst = math.max(MIN_BURST, r / 5) -- a learned rate: the default burst for it
       if level == 0 then
-        gate_probe(g, ep, t, r, recover, pk, waiting)
+        base = gate_probe(g, ep, t, r, recover, pk, waiting)
       end
     end
     local tokens = tonumber(h[1] or burst)
@@ -97,7 +100,7 @@ local function gate_take(g, ep, t, rate, burst, recover, pk, waiting)
     if tokens < 1 then
       redis.call('HSET', g, 'tokens', tokens, 'ts', fmt(t))
       redis.call('HINCRBY', g, 'deferred', 1)
-      return (1 - tokens) / r
+      return (1 - tokens) / r, base
     end
     redis.call('HSET', g, 'tokens', tokens - 1, 'ts', fmt(t))
   end
@@ -105,5 +108,5 @@ local function gate_take(g, ep, t, rate, burst, recover, pk, waiting)
   local sec = calls_key(ep, math.floor(t))
   redis.call('INCR', sec)
   redis.call('EXPIRE', sec, 60)
-  return 0
+  return 0, base
 end

@@ -40,7 +40,8 @@ if j[1] and t < deadline then
   local g = gate_key(j[1])
   local rate = tonumber(ARGV[5])
   local pk = pending_key(j[4] or '', j[1])
-  local wait = gate_take(g, j[1], t, rate, tonumber(ARGV[6]), tonumber(ARGV[7]), pk, KEYS[2])
+  local wait, spread_rate = gate_take(g, j[1], t, rate, tonumber(ARGV[6]), tonumber(ARGV[7]),
+    pk, KEYS[2])
   if wait > 0 then
     -- No budget: wait in Redis, not in a worker, for the endpoint's next free
     -- slot: deferred jobs queue up one budget interval apart (`next_slot`), so
@@ -50,7 +51,6 @@ if j[1] and t < deadline then
     -- backed-off one: slots locked in at a low rate would keep the fleet slow
     -- long after 429s stop.
     local due = t + wait + tonumber(ARGV[8]) * tonumber(ARGV[9])
-    local _, _, spread_rate = gate_state(g, t, rate, tonumber(ARGV[7]))
     if spread_rate > 0 then
       local n = tonumber(redis.call('ZCARD', pk))
       local tail = tonumber(redis.call('HGET', g, 'next_slot') or '0')
