@@ -164,7 +164,9 @@ def _advance(run: Run) -> str:
     lease = spec.timeout + s.route_timeout + LEASE_SLACK
     running = rt.store.mark_running(
         run.id, run.token, lease,
-        {"worker_url": answer.url, "request_idx": answer.request_idx, **run.counters()},
+        {"worker_url": answer.url, **run.counters(),
+         # Absent from the published schema: keep the one we had, if any.
+         "request_idx": answer.request_idx if answer.request_idx is not None else request_idx},
         wake=1, grace=s.publish_grace,
     )
     if running is None:

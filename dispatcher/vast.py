@@ -29,7 +29,6 @@ from dispatcher.settings import Settings
 
 log = logging.getLogger("dispatcher.vast")
 
-ASSIGNMENT_FIELDS = ("cost", "endpoint", "reqnum", "request_idx", "signature", "url")
 REPLAY_TIMEOUT = 60.0
 TEXT_LIMIT = 2000  # characters of server text kept on an error
 DETAIL_LIMIT = 500  # characters of it quoted in the message
@@ -91,7 +90,7 @@ class RouteUnavailable(RouteError):
 
 
 class RouteBadAnswer(RouteError):
-    """An assignment we must not forward (bad url, missing fields): a protocol violation."""
+    """An assignment we must not forward (its url is not an http(s) address with a host)."""
 
 
 class WorkerError(VastError):
@@ -126,9 +125,19 @@ class WorkerBadAnswer(WorkerError):
     """The answer cannot be stored (larger than the limit). Permanent."""
 
 
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 @dataclass(frozen=True)
 class Assignment:
-    """A route answer naming a worker, kept verbatim: it is forwarded as ``auth_data``."""
+    """A route answer naming a worker, kept verbatim: it is forwarded as ``auth_data``.
+
+    Only ``url`` is required (the official client's rule). The published schema lists
+    ``endpoint, url, cost, reqnum, signature, __request_id``; live answers add
+    ``request_idx``; fields may come and go, and the signature may cover any of them,
+    so nothing here adds, drops or rewrites one. What we read for ourselves has a default.
+    """
 
     auth_data: dict[str, Any]
 
@@ -138,19 +147,13 @@ class Assignment:
 
     @property
     def reqnum(self) -> Any:
-        return self.auth_data["reqnum"]
+        """For logs only; absent in some answers."""
+        return self.auth_data.get("reqnum")
 
     @property
-    def request_idx(self) -> Any:
-        return self.auth_data["request_idx"]
-
-    @property
-    def endpoint(self) -> str:
-        return self.auth_data["endpoint"]
-
-    @property
-    def cost(self) -> Any:
-        return self.auth_data["cost"]
+    def request_idx(self) -> int | None:
+        """Vast's queue index, if the answer has one (the published schema does not)."""
+        return _int_or_none(self.auth_data.get("request_idx"))
 
 
 @dataclass(frozen=True)
@@ -325,12 +328,12 @@ class VastClient:
                     f"{text[:200] or '(empty body)'}", status, text)
             if "url" in data:
                 return self._assignment(where, data, text)
-            raw_status = data.get("status", "")
-            idx = data.get("request_idx")
+            # Any shape: status, request_idx and endpoint may each be absent or odd.
+            raw_status = data.get("status")
             ep = data.get("endpoint")
             return NoWorker(
-                status=raw_status if isinstance(raw_status, str) else str(raw_status),
-                request_idx=idx if isinstance(idx, int) and not isinstance(idx, bool) else None,
+                status="" if raw_status is None else str(raw_status)[:TEXT_LIMIT],
+                request_idx=_int_or_none(data.get("request_idx")),
                 endpoint=ep if isinstance(ep, str) else None,
             )
         detail = _error_text(text)
@@ -348,11 +351,7 @@ class VastClient:
                                status, text)
 
     def _assignment(self, where: str, data: dict[str, Any], text: str) -> Assignment:
-        missing = [f for f in ASSIGNMENT_FIELDS if f not in data]
-        if missing:
-            raise RouteBadAnswer(
-                f"route: assignment {where} lacks {', '.join(missing)}; not forwarded",
-                200, text)
+        # The one check that protects us: where the payload would go.
         if not _is_http_url(data["url"]):
             url = self._clean(str(data["url"]))[:200]
             raise RouteBadAnswer(f"route: worker url {url!r} {where} is not an http(s) address "
