@@ -36,6 +36,12 @@ def check_integer(name: str, value: Any, low: int = 0) -> int:
     return value
 
 
+def check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}: must be true or false, got {value!r}")
+    return value
+
+
 def check_latency(value: Any, name: str = "latency") -> dict[str, Any]:
     """A validated copy of a latency distribution, e.g. ``{"kind": "fixed", "seconds": 1}``."""
     if not isinstance(value, Mapping):
@@ -83,8 +89,13 @@ class EndpointConfig:
     max_queue_time: float = 30.0  # admission control: 429 above this estimated wait
     warmup_errors: int = 0  # a just-started worker answers 401/500 to its first N requests
     assignment_ttl: float = 30.0  # an assignment never used frees its slot after this
+    # Stricter than Vast, as detectors of dispatcher bugs (docs/emulator.md):
+    reject_replay: bool = True  # 401 for a reqnum already used (Vast's PyWorker accepts it)
+    reject_tampered: bool = True  # 401 unless auth_data is the assignment issued, verbatim
 
     def __post_init__(self) -> None:
+        for name in ("reject_replay", "reject_tampered"):
+            check_bool(name, getattr(self, name))
         for name in ("workers", "hang_workers", "warmup_errors"):
             check_integer(name, getattr(self, name))
         for name in ("concurrency", "queue_depth"):

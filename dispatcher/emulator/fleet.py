@@ -21,9 +21,12 @@ from typing import Any
 from aiohttp import web
 
 from dispatcher.emulator.config import EmulatorConfig, EndpointConfig
+from dispatcher.emulator.signing import SigningKey
 from dispatcher.emulator.stats import Stats
 
 STOPPED, LOADING, READY = "stopped", "loading", "ready"
+# What Vast's PyWorker requires of auth_data (it answers 422 naming each one missing).
+REQUIRED_AUTH = ("cost", "endpoint", "reqnum", "request_idx", "signature", "url")
 
 
 def now() -> float:
@@ -36,6 +39,11 @@ def payload_id(payload: Any) -> str:
         return str(payload["id"])
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha1(blob.encode()).hexdigest()
+
+
+def canonical(auth: Any) -> str:
+    """One text per JSON value whatever its key order: how "verbatim" is compared."""
+    return json.dumps(auth, sort_keys=True, separators=(",", ":"), default=repr)
 
 
 def draw_latency(latency: dict[str, Any], rng: random.Random) -> float:
@@ -124,14 +132,49 @@ class Worker:
         return len(self.expected) + self.gate.queued + self.gate.running
 
 
+@dataclass(eq=False, slots=True)
+class Issued:
+    """An assignment as the router sent it, kept until a worker receives it."""
+
+    reqnum: int
+    worker: Worker
+    answer: dict[str, Any]
+    text: str  # canonical(answer)
+    required: tuple[str, ...]  # auth_data fields the worker answers 422 without
+    at: float
+
+
 @dataclass(eq=False)
 class Endpoint:
     name: str
     config: EndpointConfig
     workers: list[Worker] = field(default_factory=list)
     pending: dict[int, float] = field(default_factory=dict)  # request_idx -> expiry
-    used_reqnums: set[int] = field(default_factory=set)
+    issued: dict[str, Issued] = field(default_factory=dict)  # by text, in issue order
+    issued_by_reqnum: dict[int, Issued] = field(default_factory=dict)
+    spent_reqnums: set[int] = field(default_factory=set)  # assignments a worker received
+    spent_texts: set[int] = field(default_factory=set)  # hash(text) of those
     next_reqnum: int = 0
+
+    def issue(self, rec: Issued) -> None:
+        self.issued[rec.text] = rec
+        self.issued_by_reqnum[rec.reqnum] = rec
+
+    def spend(self, rec: Issued) -> None:
+        """A worker received it: any later copy is a replay."""
+        self.issued.pop(rec.text, None)
+        self.issued_by_reqnum.pop(rec.reqnum, None)
+        self.spent_reqnums.add(rec.reqnum)
+        self.spent_texts.add(hash(rec.text))
+
+    def forget_issued_before(self, t: float) -> None:
+        """Drop records of assignments never used since ``t`` (oldest first)."""
+        while self.issued:
+            rec = next(iter(self.issued.values()))
+            if rec.at > t:
+                break
+            del self.issued[rec.text]
+            self.issued_by_reqnum.pop(rec.reqnum, None)
 
     def counts(self) -> dict[str, int]:
         c = {READY: 0, LOADING: 0, STOPPED: 0}
@@ -174,7 +217,7 @@ class Fleet:
 
     config: EmulatorConfig
     rng: random.Random
-    secret: bytes
+    key: SigningKey
     stats: Stats = field(default_factory=Stats)
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
     last_request_idx: int = 0

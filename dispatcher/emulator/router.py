@@ -17,8 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from dispatcher.emulator import signing
-from dispatcher.emulator.fleet import Endpoint, Fleet, now
+from dispatcher.emulator.fleet import REQUIRED_AUTH, Endpoint, Fleet, Issued, canonical, now
 from dispatcher.emulator.workers import Workers, reset
 
 REPLAY_TIMEOUT = 60.0  # the official client's replay_timeout: pending demand expires after it
@@ -135,9 +134,9 @@ class Router:
         worker.expected[reqnum] = t + ep.config.assignment_ttl
         worker.last_active = t
         answer: dict[str, Any] = {"endpoint": ep.name, "url": worker.url, "cost": cost,
-                                  "reqnum": reqnum, "request_idx": idx,
-                                  "__request_id": request_id}
-        answer["signature"] = signing.sign(fleet.secret, answer)
+                                  "reqnum": reqnum, "signature": fleet.key.sign(worker.url),
+                                  "request_idx": idx, "__request_id": request_id}
+        ep.issue(Issued(reqnum, worker, answer, canonical(answer), REQUIRED_AUTH, t))
         st.route["assigned"] += 1
         st.assignments += 1
         return answer

@@ -14,7 +14,6 @@ import logging
 import os
 import random
 import resource
-import secrets
 import socket
 import threading
 from collections.abc import Coroutine, Mapping
@@ -25,6 +24,7 @@ from aiohttp import web
 from dispatcher.emulator.config import ConfigError, EmulatorConfig, EndpointConfig, check_integer
 from dispatcher.emulator.fleet import LOADING, READY, STOPPED, Endpoint, Fleet, now
 from dispatcher.emulator.router import Router
+from dispatcher.emulator.signing import give_back, take_key
 from dispatcher.emulator.workers import BACKLOG, MAX_BODY, Workers
 
 log = logging.getLogger("dispatcher.emulator")
@@ -32,7 +32,8 @@ T = TypeVar("T")
 TICK = 0.05  # housekeeping period: assignment expiry, scale to zero
 PENDING_SWEEP = 0.25  # pending demand lives ~60 s: no need to scan it every tick
 CALL_TIMEOUT = 30.0
-ACTIONS = ("stop_all", "cold_start", "start", "reset_stats")
+ISSUED_RETENTION = 3600.0  # records of assignments never used are dropped after this
+ACTIONS = ("stop_all", "cold_start", "start", "reset_stats", "rotate_key")
 
 
 def raise_fd_limit() -> None:
@@ -64,7 +65,7 @@ class Emulator:
             config = EmulatorConfig.from_dict(config)
         self.host = host
         self.port = port
-        self.fleet = Fleet(config, random.Random(config.seed), secrets.token_bytes(32))
+        self.fleet = Fleet(config, random.Random(config.seed), take_key())
         self.workers = Workers(self.fleet)
         self.router = Router(self.fleet, self.workers)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -73,6 +74,7 @@ class Emulator:
         self._housekeeping: asyncio.Task[None] | None = None
         self._apply_lock = asyncio.Lock()  # patches that add endpoints must not interleave
         self._next_pending_sweep = 0.0
+        self._key_given_back = False
 
     # --- public, thread-safe ---------------------------------------------------------
 
@@ -93,11 +95,19 @@ class Emulator:
     def api_key(self) -> str:
         return self.fleet.config.api_key
 
+    @property
+    def pubkey_pem(self) -> str:
+        """The RSA public key assignments are signed with, as served at ``GET /pubkey/``."""
+        return self.fleet.key.public_pem.decode()
+
     def start(self) -> Emulator:
         """Listen, start the initially ready workers, and return once they answer."""
         if self._loop is not None:
             raise RuntimeError("emulator already started")
         raise_fd_limit()
+        if self._key_given_back:  # started again: the old key may be another's by now
+            self.fleet.key = take_key()
+            self._key_given_back = False
         sock = _listen_socket(self.host, self.port)
         self.port = sock.getsockname()[1]
         loop = asyncio.new_event_loop()
@@ -129,6 +139,8 @@ class Emulator:
             if thread is None or not thread.is_alive():
                 loop.close()
             self._loop = self._thread = None
+            give_back(self.fleet.key)
+            self._key_given_back = True
 
     def __enter__(self) -> Emulator:
         return self.start()
@@ -172,6 +184,8 @@ class Emulator:
         app = web.Application(client_max_size=MAX_BODY)
         app.router.add_post("/route/", self.router.handle)
         app.router.add_post("/route", self.router.handle)
+        app.router.add_get("/pubkey/", self._http_pubkey)
+        app.router.add_get("/pubkey", self._http_pubkey)
         app.router.add_get("/_emulator/stats", self._http_stats)
         app.router.add_get("/_emulator/health", self._http_health)
         app.router.add_get("/_emulator/config", self._http_get_config)
@@ -223,6 +237,8 @@ class Emulator:
             if sweep and ep.pending:
                 for idx in [i for i, expiry in ep.pending.items() if expiry <= t]:
                     del ep.pending[idx]
+            if sweep:
+                ep.forget_issued_before(t - ISSUED_RETENTION)
             idle_limit = ep.config.inactivity_timeout
             for w in list(ep.workers):
                 expected = w.expected
@@ -277,6 +293,11 @@ class Emulator:
         if action == "reset_stats":
             self.fleet.stats.reset()
             return
+        if action == "rotate_key":  # as if Vast changed its key: PyWorkers holding the old 401
+            if args:
+                raise ConfigError(f"action rotate_key: unknown field(s) {sorted(args)}")
+            self.fleet.key = take_key()  # the old one is dropped: PyWorkers may hold it
+            return
         allowed = {"endpoint", "seconds"} if action == "cold_start" else {"endpoint", "count"}
         unknown = sorted(set(args) - allowed)
         if unknown:
@@ -314,6 +335,9 @@ class Emulator:
 
     async def _http_stats(self, request: web.Request) -> web.Response:
         return web.json_response(await self._stats())
+
+    async def _http_pubkey(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.fleet.key.public_pem, content_type="text/plain")
 
     async def _http_health(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "pid": os.getpid()})

@@ -13,8 +13,8 @@ from typing import Any
 ROUTE_OUTCOMES = ("calls", "assigned", "no_worker", "bad_request", "unauthorized",
                   "rate_limited", "server_error", "reset")
 WORKER_COUNTERS = ("executions", "succeeded", "failed", "hung", "cancelled",
-                   "rejected_signature", "rejected_replay", "malformed", "admission_rejected",
-                   "warmup_rejected")
+                   "rejected_signature", "rejected_replay", "rejected_tampered", "malformed",
+                   "admission_rejected", "warmup_rejected")
 
 
 @dataclass

@@ -25,16 +25,18 @@ from typing import Any
 
 from aiohttp import web
 
-from dispatcher.emulator import signing
 from dispatcher.emulator.config import ConfigError
 from dispatcher.emulator.directives import parse_directives
 from dispatcher.emulator.fleet import (
     LOADING,
     READY,
+    REQUIRED_AUTH,
     STOPPED,
     Endpoint,
     Fleet,
+    Issued,
     Worker,
+    canonical,
     draw_latency,
     now,
     payload_id,
@@ -44,7 +46,7 @@ log = logging.getLogger("dispatcher.emulator")
 
 BACKLOG = 4096
 MAX_BODY = 64 * 1024 * 1024
-REQUIRED_AUTH = ("cost", "endpoint", "reqnum", "request_idx", "signature", "url")
+REASON_HEADER = "X-Emulator-Reason"  # why a worker refused: not something Vast sends
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
 
@@ -76,6 +78,28 @@ def bind_port(port: int = 0) -> socket.socket:
 
 def _text(status: int, text: str) -> web.Response:
     return web.Response(status=status, text=text)
+
+
+def _refused(reason: str) -> web.Response:
+    """PyWorker's 401: an empty body. The reason goes in a header, for people debugging."""
+    return web.Response(status=401, headers={REASON_HEADER: reason})
+
+
+def _tamper_reason(w: Worker, auth: dict[str, Any], rec: Issued | None, replayed: bool) -> str:
+    if replayed:
+        return f"an edited copy of an assignment already used (reqnum {auth.get('reqnum')})"
+    if rec is None:
+        return "not an assignment this emulator issued (or issued over an hour ago)"
+    if rec.worker is not w:
+        return f"assignment issued to another worker ({rec.worker.url})"
+    issued = rec.answer
+    added = sorted(set(auth) - set(issued))
+    dropped = sorted(set(issued) - set(auth))
+    changed = sorted(k for k in set(auth) & set(issued)
+                     if canonical(auth[k]) != canonical(issued[k]))
+    parts = [f"{what} {names}" for what, names in
+             (("added", added), ("dropped", dropped), ("changed", changed)) if names]
+    return "auth_data is not the assignment issued, verbatim: " + "; ".join(parts)
 
 
 class Workers:
@@ -204,47 +228,75 @@ class Workers:
             reset(request.transport)
             return _text(503, "worker stopped")
         st = self.fleet.stats
+        ep = w.endpoint
+        cfg = ep.config
         try:
             body = await request.json()
         except ValueError:
-            body = None
-        if (not isinstance(body, dict) or not isinstance(body.get("auth_data"), dict)
-                or "payload" not in body):
             st.worker["malformed"] += 1
-            return _text(422, "body must be a JSON object with auth_data (an object) and payload")
-        auth: dict[str, Any] = body["auth_data"]
-        missing = [f for f in REQUIRED_AUTH if f not in auth]
-        if missing:
+            return web.json_response({"error": "invalid JSON"}, status=422)
+        errors: dict[str, Any] = {}
+        directives: dict[str, Any] = {}
+        auth = body.get("auth_data") if isinstance(body, dict) else None
+        if not isinstance(body, dict):
+            errors["error"] = "request body must be a JSON object"
+        elif "auth_data" not in body:
+            errors["auth_data"] = "field missing"
+        elif not isinstance(auth, dict):
+            errors["auth_data"] = "must be an object"
+        text = canonical(auth) if isinstance(auth, dict) else ""
+        rec = ep.issued.get(text) if auth is not None else None
+        exact = rec is not None
+        reqnum = auth.get("reqnum") if isinstance(auth, dict) else None
+        if not isinstance(reqnum, int) or isinstance(reqnum, bool):
+            reqnum = None
+        exact_replay = not exact and hash(text) in ep.spent_texts
+        replayed = exact_replay or (not exact and reqnum in ep.spent_reqnums)
+        if rec is None and reqnum is not None:
+            rec = ep.issued_by_reqnum.get(reqnum)  # the same assignment, edited
+        if isinstance(auth, dict):
+            required = rec.required if rec is not None else REQUIRED_AUTH
+            missing = {f: "missing parameter" for f in required if f not in auth}
+            if missing:
+                errors["auth_data"] = missing
+        if isinstance(body, dict):
+            if "payload" not in body:
+                errors["payload"] = "field missing"
+            else:
+                try:
+                    directives = parse_directives(body["payload"])
+                except ConfigError as e:
+                    errors["payload"] = {"emulate": str(e)}
+        if errors:
             st.worker["malformed"] += 1
-            return _text(422, f"auth_data: missing field(s): {', '.join(missing)}")
-        try:
-            directives = parse_directives(body["payload"])
-        except ConfigError as e:
-            st.worker["malformed"] += 1
-            self._release_slot(w, auth)
-            return _text(422, str(e))
+            if exact:
+                self._release_slot(w, rec)
+            return web.json_response(errors, status=422)
+        assert isinstance(auth, dict)
         if w.warmup_left > 0:  # just started: the key or the model is not loaded yet
             w.warmup_left -= 1
             st.worker["warmup_rejected"] += 1
-            self._release_slot(w, auth)
-            if (w.endpoint.config.warmup_errors - w.warmup_left) % 2:
-                return _text(401, "signature check failed: public key not loaded yet")
+            if exact:
+                self._release_slot(w, rec)
+            if (cfg.warmup_errors - w.warmup_left) % 2:
+                return _refused("public key not loaded yet")
             return _text(500, "model not loaded yet")
-        if not signing.verify(self.fleet.secret, auth):
+        signed = rec is None or "signature" in rec.answer
+        if signed and not self.fleet.key.verify(auth.get("url"), auth.get("signature")):
             st.worker["rejected_signature"] += 1
-            return _text(401, "signature verification failed")
-        if auth["url"] != w.url:
-            st.worker["rejected_signature"] += 1
-            return _text(401, "signature verification failed: assignment is for another worker")
-        ep = w.endpoint
-        reqnum = auth["reqnum"]
-        if reqnum in ep.used_reqnums:
+            return _refused("signature verification failed")
+        if replayed and cfg.reject_replay:
             st.worker["rejected_replay"] += 1
-            return _text(401, f"signature verification failed: reqnum {reqnum} already used")
-        ep.used_reqnums.add(reqnum)
-        w.expected.pop(reqnum, None)
+            return _refused(f"reqnum {reqnum} already used")
+        if cfg.reject_tampered and not exact_replay and not (exact and rec.worker is w):
+            st.worker["rejected_tampered"] += 1
+            return _refused(_tamper_reason(w, auth, rec, replayed))
+        if rec is not None and exact:
+            ep.spend(rec)
+            w.expected.pop(rec.reqnum, None)
+        elif reqnum is not None:
+            ep.spent_reqnums.add(reqnum)
         w.last_active = now()
-        cfg = ep.config
         gate = w.gate
         # Vast's worker: the work already here (queued and running) over its parallelism.
         if (gate.queued + gate.running) * cfg.mean_latency / cfg.concurrency > cfg.max_queue_time:
@@ -252,12 +304,9 @@ class Workers:
             return _text(429, "estimated queue time exceeds max_queue_time")
         return await self._execute(request, w, body["payload"], directives, reqnum)
 
-    def _release_slot(self, w: Worker, auth: dict[str, Any]) -> None:
+    def _release_slot(self, w: Worker, rec: Issued) -> None:
         """A genuine assignment that arrived but was refused frees its slot at once."""
-        reqnum = auth.get("reqnum")
-        if isinstance(reqnum, int) and reqnum in w.expected and signing.verify(
-                self.fleet.secret, auth):
-            del w.expected[reqnum]
+        w.expected.pop(rec.reqnum, None)
 
     async def _execute(self, request: web.Request, w: Worker, payload: Any,
                        directives: dict[str, Any], reqnum: Any) -> web.StreamResponse:

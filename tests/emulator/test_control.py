@@ -166,7 +166,8 @@ def test_stats_shape_and_counters(vast: Emulator) -> None:
     assert s["assignments"] == 5
     assert s["workers"] == {"executions": 5, "succeeded": 5, "failed": 0, "hung": 0,
                             "cancelled": 0, "rejected_signature": 0, "rejected_replay": 1,
-                            "malformed": 0, "admission_rejected": 0, "warmup_rejected": 0,
+                            "rejected_tampered": 0, "malformed": 0, "admission_rejected": 0,
+                            "warmup_rejected": 0,
                             "in_flight": 0, "peak_in_flight": 1}
     assert s["rejected_replay"] == 1 and s["executions"] == 5  # also at the top level
     assert s["executions_by_payload"] == {"twice": 2, "thrice": 3}

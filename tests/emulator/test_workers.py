@@ -41,16 +41,18 @@ def test_malformed_bodies_are_422_text(vast: Emulator) -> None:
 
 def test_bad_signature_other_workers_url_and_replay_are_401(vast: Emulator) -> None:
     a = assign(vast, "llm")
-    assert call(a, {"id": "f"}, auth={**a, "signature": "0" * 64}).status_code == 401
-    assert call(a, {"id": "c"}, auth={**a, "cost": 1000}).status_code == 401  # edited
+    codes = [call(a, {"id": "f"}, auth={**a, "signature": "0" * 64}).status_code,
+             call(a, {"id": "c"}, auth={**a, "cost": 1000}).status_code]  # edited
     other = next(u for u in vast.worker_urls("llm") if u != a["url"])
     wrong = call(a, {"id": "w"}, url=other)  # genuine, but for the other worker
-    assert wrong.status_code == 401
+    assert codes == [401, 401] and wrong.status_code == 401
+    assert "another worker" in wrong.headers["X-Emulator-Reason"]
     assert call(a, {"id": "ok"}).status_code == 200
     replay = call(a, {"id": "again"})
-    assert replay.status_code == 401 and "reqnum" in replay.text
+    assert replay.status_code == 401 and replay.content == b""  # PyWorker's 401: no body
+    assert "reqnum" in replay.headers["X-Emulator-Reason"]
     w = vast.stats()["workers"]
-    assert (w["rejected_signature"], w["rejected_replay"]) == (3, 1)
+    assert (w["rejected_signature"], w["rejected_tampered"], w["rejected_replay"]) == (1, 2, 1)
     assert vast.stats()["executions_by_payload"] == {"ok": 1}
 
 
