@@ -36,8 +36,8 @@ def make_app(redis_url: str, queue: str, dispatcher_conf: bool = False,
         broker_connection_retry_on_startup=True,
     )
     if dispatcher_conf:
-        from dispatcher.celery_app import make_app as dispatcher_app
-        from dispatcher.settings import Settings
+        from dispatcher.config import Settings
+        from dispatcher.worker.app import make_app as dispatcher_app
 
         theirs = dispatcher_app(Settings(redis_url=redis_url, queue=queue,
                                          concurrency=concurrency)).conf

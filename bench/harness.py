@@ -27,9 +27,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from dispatcher.jobs import TERMINAL, job_key
-from dispatcher.procs import Child, EmulatorProcess, wait_for_worker, worker_process
-from dispatcher.redis_server import RedisServer
+from dispatcher.dev.procs import Child, EmulatorProcess, wait_for_worker, worker_process
+from dispatcher.dev.redis_server import RedisServer
+from dispatcher.model import TERMINAL
+from dispatcher.store.keys import job_key
 
 API_KEY = "bench-key-not-a-secret"
 REPO = Path(__file__).resolve().parent.parent

@@ -29,9 +29,10 @@ from bench.harness import (
 from bench.profile import PySpy, summarise
 from bench.report import Result
 from dispatcher.client import Client
-from dispatcher.jobs import KEY_PREFIX, job_key
-from dispatcher.procs import Child, EmulatorProcess
-from dispatcher.settings import Settings
+from dispatcher.config import Settings
+from dispatcher.dev.procs import Child, EmulatorProcess
+from dispatcher.store import keys
+from dispatcher.store.keys import job_key
 
 MB = 1024 * 1024
 
@@ -391,7 +392,7 @@ def concurrency(h: Harness, cfg: Config) -> Result:
                         ids.append(client.submit(ep, _payload(i), path="/x", cost=1,
                                                  timeout=secs + 60, max_wait=secs + 600))
                         bar.update(sub, completed=i + 1)
-                    counts = f"{KEY_PREFIX}counts:{ep}"
+                    counts = keys.COUNTS(ep)
 
                     def on_progress(k: int) -> None:
                         nonlocal running_peak
@@ -485,7 +486,7 @@ def cold_start(h: Harness, cfg: Config) -> Result:
                             bar.update(sub, completed=i)
                     bar.update(sub, completed=n)
                     t_submitted = time.time()
-                    counts_key = f"{KEY_PREFIX}counts:{ep}"
+                    counts_key = keys.COUNTS(ep)
                     done = bar.add_task("waiting for the GPU (cold start)", total=n)
                     deadline = time.monotonic() + cold + max(300, n / 10)
                     while True:

@@ -5,6 +5,12 @@
     job = dispatcher.wait(job_id, timeout=60)
 
 ``celery -A dispatcher worker`` runs the worker (it finds ``dispatcher.app``).
+
+The tree follows the data path: ``client.py`` (submit) -> ``dispatch.py`` (one run:
+claim, route, forward, finish) over ``vast/`` (Vast's route API and GPU workers) and
+``store/`` (every Redis transition, one Lua script each). ``worker/`` is the Celery
+wiring, ``webhooks/`` the deliveries, ``ops/`` the operators' tools, ``dev/`` the
+demo and test harness, ``emulator/`` a local Vast.
 """
 
 from __future__ import annotations
@@ -12,18 +18,28 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
-from dispatcher.jobs import STATUSES, Job
-from dispatcher.settings import Settings, get_settings
-from dispatcher.validation import InvalidJob
+from dispatcher.config import Settings, get_settings
+from dispatcher.errors import (
+    ConfigError,
+    DispatcherError,
+    InvalidJob,
+    RouteError,
+    VastError,
+    WaitTimeout,
+    WebhookSignatureError,
+    WorkerError,
+)
+from dispatcher.model import STATUSES, Job, Status
 
 if TYPE_CHECKING:
     from celery import Celery
 
-    from dispatcher.client import Client, WaitTimeout
+    from dispatcher.client import Client
 
 __all__ = [
-    "STATUSES", "Client", "InvalidJob", "Job", "Settings", "WaitTimeout", "app",
-    "cancel", "cancel_many", "get_job", "purge", "stats", "submit", "wait",
+    "STATUSES", "Client", "ConfigError", "DispatcherError", "InvalidJob", "Job", "RouteError",
+    "Settings", "Status", "VastError", "WaitTimeout", "WebhookSignatureError", "WorkerError",
+    "app", "cancel", "cancel_many", "get_job", "purge", "stats", "submit", "wait",
 ]
 
 _app: Celery | None = None
@@ -32,13 +48,13 @@ _lock = threading.RLock()
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy, so that importing a submodule does not build a Celery app.
+    # Lazy, so that importing a submodule (dispatcher.dispatch) does not import Celery.
     if name == "app":
         return get_app()
-    if name in ("Client", "WaitTimeout"):
-        from dispatcher import client
+    if name == "Client":
+        from dispatcher.client import Client
 
-        return getattr(client, name)
+        return Client
     raise AttributeError(f"module 'dispatcher' has no attribute {name!r}")
 
 
@@ -48,7 +64,7 @@ def get_app() -> Celery:
     if _app is None:
         with _lock:
             if _app is None:
-                from dispatcher.celery_app import make_app
+                from dispatcher.worker.app import make_app
 
                 _app = make_app(get_settings(), main=True)
     return _app
@@ -63,7 +79,7 @@ def default_client() -> Client:
                 from dispatcher.client import Client
 
                 app = get_app()
-                _default = Client(app.dispatcher_settings, app)
+                _default = Client(app.dispatcher_settings, app)  # type: ignore[attr-defined]
     return _default
 
 

@@ -42,7 +42,7 @@ def _job_exit(job: Any) -> int:
 
 
 def cmd_submit(a: argparse.Namespace) -> int:
-    from dispatcher.validation import InvalidJob
+    from dispatcher.errors import InvalidJob
 
     payload = _load_payload(a.payload)
     try:
@@ -124,14 +124,14 @@ def cmd_stats(a: argparse.Namespace) -> int:
         return EXIT_OK
     from rich.console import Console
 
-    from dispatcher.top import stats_table
+    from dispatcher.ops.top import stats_table
 
     Console().print(stats_table(stats))
     return EXIT_OK
 
 
 def cmd_top(a: argparse.Namespace) -> int:
-    from dispatcher.top import run_top
+    from dispatcher.ops.top import run_top
 
     return run_top(_client().stats, interval=a.interval, iterations=a.iterations)
 
@@ -139,7 +139,7 @@ def cmd_top(a: argparse.Namespace) -> int:
 def cmd_metrics(a: argparse.Namespace) -> int:
     import threading
 
-    from dispatcher.metrics import serve_metrics
+    from dispatcher.ops.metrics import serve_metrics
 
     serve_metrics(_client().stats, a.host, a.port)
     print(f"Prometheus metrics on http://{a.host}:{a.port}/metrics (Ctrl-C stops)", flush=True)
@@ -168,7 +168,7 @@ def cmd_worker(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from dispatcher.demo import run_demo
+    from dispatcher.dev.demo import run_demo
 
     return run_demo(jobs=a.jobs, cold_start=a.cold_start, concurrency=a.concurrency)
 

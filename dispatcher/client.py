@@ -1,4 +1,5 @@
-"""What a web app calls: submit a job, read it, wait for it, cancel it."""
+"""What a web app calls: submit a job (validate -> store.create -> publish), read it,
+wait for it, cancel it."""
 
 from __future__ import annotations
 
@@ -10,20 +11,15 @@ from typing import Any
 
 from celery import Celery
 
-from dispatcher import jobs
-from dispatcher.celery_app import DISPATCH_TASK, WEBHOOK_TASK, make_app, publish
-from dispatcher.jobs import Job
-from dispatcher.settings import Settings, get_settings
-from dispatcher.store import Due, Store, connect
+from dispatcher.config import Settings, get_settings
+from dispatcher.errors import WaitTimeout
+from dispatcher.model import Envelope, Job, Status
+from dispatcher.store import Store, connect, hook_envelope
 from dispatcher.validation import check_job, check_job_id, check_webhook
+from dispatcher.worker.app import make_app
+from dispatcher.worker.publish import CeleryPublisher
 
 log = logging.getLogger("dispatcher.client")
-
-
-class WaitTimeout(TimeoutError):
-    def __init__(self, job: Job, timeout: float) -> None:
-        super().__init__(f"job {job.id} still {job.status} after {timeout:g}s")
-        self.job = job
 
 
 class Client:
@@ -34,6 +30,7 @@ class Client:
         self.app = app or make_app(self.settings)
         self.store = Store(connect(self.settings.redis_url, 32), self.settings.queue,
                            self.settings.route_budget())
+        self.publisher = CeleryPublisher(self.app, self.settings.queue)
 
     def submit(
         self,
@@ -67,7 +64,7 @@ class Client:
         job_id = uuid.uuid4().hex if job_id is None else check_job_id(job_id)
         fields = {
             "id": job_id,
-            "status": jobs.QUEUED,
+            "status": Status.QUEUED,
             "endpoint": spec.endpoint,
             "cost": spec.cost,
             "path": spec.path,
@@ -82,8 +79,8 @@ class Client:
         if not self.store.create(job_id, fields, s.publish_grace):
             return job_id  # already submitted: same job, never a second run
         try:
-            publish(self.app, DISPATCH_TASK, [Due(job_id, 0, spec.priority, spec.endpoint)],
-                    s.queue)
+            self.publisher.publish([Envelope("dispatch", job_id, 0, spec.priority,
+                                             spec.endpoint)])
         except Exception as e:
             # The job is safe in Redis: the waiting set republishes it after the grace.
             log.warning("job %s stored but not published yet (%s); a worker will pick it up",
@@ -119,7 +116,7 @@ class Client:
         s = self.settings
         cancelled, hooks = [], []
         for job_id in job_ids:
-            done = self.store.finish(job_id, jobs.CANCELLED, s.result_ttl,
+            done = self.store.finish(job_id, Status.CANCELLED, s.result_ttl,
                                      {"error": "cancelled by request", "error_kind": "cancelled"},
                                      grace=s.publish_grace)
             if done.outcome == "ok":
@@ -135,8 +132,8 @@ class Client:
         s = self.settings
         total = 0
         while True:
-            n, scanned, hooks = self.store.cancel_pending(endpoint, s.result_ttl,
-                                                          s.publish_grace)
+            n, scanned, hooks = self.store.cancel_pending(
+                endpoint, s.result_ttl, s.publish_grace, "cancelled by purge", "cancelled")
             total += n
             self._publish_hooks(hooks)
             if scanned == 0:
@@ -144,7 +141,7 @@ class Client:
 
     def stats(self) -> dict[str, Any]:
         """Per-endpoint queue health; see ``dispatcher.stats``."""
-        from dispatcher.stats import collect
+        from dispatcher.ops.stats import collect
 
         return collect(self.store)
 
@@ -152,8 +149,7 @@ class Client:
         if not job_ids:
             return
         try:
-            publish(self.app, WEBHOOK_TASK, [Due(i, 1, 0, "") for i in job_ids],
-                    self.settings.queue)
+            self.publisher.publish([hook_envelope(i) for i in job_ids])
         except Exception as e:  # due in Redis already: a worker's mover sends them
             log.warning("%d webhook(s) not published now (%s)", len(job_ids), type(e).__name__)
 

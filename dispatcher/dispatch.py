@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 import uuid
 from typing import Any
 
-from dispatcher import jobs
-from dispatcher.backoff import poll_delay
-from dispatcher.celery_app import DISPATCH_TASK, WEBHOOK_TASK
-from dispatcher.runtime import Runtime
-from dispatcher.store import Due
-from dispatcher.validation import InvalidJob, check_job
-from dispatcher.vast import (
-    Assignment,
+from dispatcher.config import Settings
+from dispatcher.errors import (
+    InvalidJob,
     RouteAuthError,
     RouteBadAnswer,
     RouteError,
@@ -32,11 +28,27 @@ from dispatcher.vast import (
     WorkerTimeout,
     WorkerUnavailable,
 )
+from dispatcher.model import RunOutcome, Status
+from dispatcher.runtime import Runtime
+from dispatcher.store import hook_envelope
+from dispatcher.validation import check_job
+from dispatcher.vast import Assignment
 
 log = logging.getLogger("dispatcher.dispatch")
 
 # Slack over the HTTP timeouts before a silent holder's lease is taken over.
 LEASE_SLACK = 10.0
+
+
+def poll_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Delay before poll number ``attempt`` (0-based): exponential, capped, jittered.
+
+    "Equal jitter": half the step is fixed so a job is never re-polled at once
+    (no busy loop), half is random so a fleet of waiting jobs spreads out.
+    """
+    step = min(cap, base * (2 ** min(attempt, 30)))
+    r = (rng or random).random()
+    return step / 2 + r * step / 2
 
 
 class Run:
@@ -62,18 +74,18 @@ class Run:
         }
 
     def finish(self, status: str, error: str | None = None, kind: str | None = None,
-               **fields: Any) -> str:
+               **fields: Any) -> RunOutcome:
         if error:
             fields.update(error=error, error_kind=kind or status)
         s = self.rt.settings
         # A success frees a GPU slot: wake the endpoint's most urgent waiting job.
         done = self.rt.store.finish(self.id, status, s.result_ttl, {**self.counters(), **fields},
-                                    wake=1 if status == jobs.SUCCEEDED else 0,
+                                    wake=1 if status == Status.SUCCEEDED else 0,
                                     grace=s.publish_grace)
-        self.rt.publish(DISPATCH_TASK, done.woken)
+        self.rt.publish(done.woken)
         if done.hook:
-            self.rt.publish(WEBHOOK_TASK, [Due(self.id, 1, int(self.f.get("priority") or 0),
-                                               self.f.get("endpoint") or "")])
+            self.rt.publish([hook_envelope(self.id, int(self.f.get("priority") or 0),
+                                           self.f.get("endpoint") or "")])
         outcome = done.outcome
         if outcome == "ok":
             log.info("job %s %s%s", self.id, status, f" ({kind}): {error}" if error else "")
@@ -81,10 +93,8 @@ class Run:
         log.info("job %s: %s not stored, job already %s", self.id, status, outcome)
         return outcome
 
-    def wait(self, reason: str, delay: float, **fields: Any) -> str:
-        deadline = float(self.f["created_at"]) + float(self.f["max_wait"])
-        # Never sleep past the deadline: the job must expire on time.
-        delay = max(0.0, min(delay, deadline - self.now))
+    def wait(self, reason: str, delay: float, **fields: Any) -> RunOutcome:
+        # The store never schedules past the job's deadline: it expires on time.
         outcome = self.rt.store.schedule(
             self.id, self.token, delay, {**self.counters(), "wait_reason": reason, **fields}
         )
@@ -92,7 +102,7 @@ class Run:
         return "waiting" if outcome == "ok" else outcome
 
 
-def run_job(rt: Runtime, job_id: str, seq: int) -> str:
+def run_job(rt: Runtime, job_id: str, seq: int) -> RunOutcome:
     """Advance a job by one step. Returns what happened, for logs and tests."""
     s = rt.settings
     token = uuid.uuid4().hex
@@ -104,10 +114,10 @@ def run_job(rt: Runtime, job_id: str, seq: int) -> str:
     try:
         return _advance(run)
     except VastError as e:  # a class we did not map: fail clearly rather than loop
-        return run.finish(jobs.FAILED, str(e), type(e).__name__)
+        return run.finish(Status.FAILED, str(e), type(e).__name__)
 
 
-def _advance(run: Run) -> str:
+def _advance(run: Run) -> RunOutcome:
     rt, f, s = run.rt, run.f, run.rt.settings
     try:
         spec = check_job(
@@ -122,13 +132,13 @@ def _advance(run: Run) -> str:
             priority=int(_number(f, "priority") or 0),
         )
     except (InvalidJob, ValueError) as e:
-        return run.finish(jobs.FAILED, f"invalid job: {e}", "invalid_input")
+        return run.finish(Status.FAILED, f"invalid job: {e}", "invalid_input")
 
     deadline = float(f["created_at"]) + spec.max_wait
     if run.now >= deadline:
         last = f.get("wait_reason") or "never routed"
         return run.finish(
-            jobs.EXPIRED,
+            Status.EXPIRED,
             f"no worker within max_wait={spec.max_wait:g}s; last route status: {last}",
             "expired",
         )
@@ -139,17 +149,17 @@ def _advance(run: Run) -> str:
     try:
         answer = rt.vast.route(spec.endpoint, spec.cost, request_idx)
     except (RouteAuthError, RouteRejected, RouteBadAnswer) as e:
-        rt.route_status(spec.endpoint, f"{e.status}: {e.text or e}"[:200])
-        return run.finish(jobs.FAILED, str(e), _kind(e))
+        rt.record_route_answer(spec.endpoint, f"{e.status}: {e.text or e}"[:200])
+        return run.finish(Status.FAILED, str(e), _kind(e))
     except RouteError as e:  # 429, 5xx, connection trouble: a delay, not a failure
         limited = isinstance(e, RouteRateLimited)
-        rt.route_status(spec.endpoint, f"HTTP {e.status}" if e.status else type(e).__name__,
+        rt.record_route_answer(spec.endpoint, f"HTTP {e.status}" if e.status else type(e).__name__,
                         rate_limited=limited)
         run.polls += 1
         return run.wait(str(e), _poll_delay(run, s))
 
     if not isinstance(answer, Assignment):
-        rt.route_status(spec.endpoint, f"no worker: {answer.status}")
+        rt.record_route_answer(spec.endpoint, f"no worker: {answer.status}")
         run.polls += 1
         idx = answer.request_idx if answer.request_idx is not None else request_idx
         return run.wait(
@@ -160,7 +170,7 @@ def _advance(run: Run) -> str:
     # 2. Forward: the assignment is for this job and this attempt only.
     run.worker_attempts += 1
     run.polls = 0
-    rt.route_status(spec.endpoint, "assigned")
+    rt.record_route_answer(spec.endpoint, "assigned")
     lease = spec.timeout + s.route_timeout + LEASE_SLACK
     running = rt.store.mark_running(
         run.id, run.token, lease,
@@ -173,11 +183,11 @@ def _advance(run: Run) -> str:
         log.info("job %s was cancelled or taken over before the GPU call", run.id)
         return "dropped"
     # The endpoint had a free slot: let its most urgent waiting job try next.
-    rt.publish(DISPATCH_TASK, running.woken)
+    rt.publish(running.woken)
     try:
         payload = json.loads(running.payload or "")
     except ValueError as e:
-        return run.finish(jobs.FAILED, f"invalid job: payload: stored JSON is unreadable: {e}",
+        return run.finish(Status.FAILED, f"invalid job: payload: stored JSON is unreadable: {e}",
                           "invalid_input")
     started = time.monotonic()
     try:
@@ -186,7 +196,7 @@ def _advance(run: Run) -> str:
         run.reroutes += 1
         if run.reroutes > s.max_reroutes:
             return run.finish(
-                jobs.FAILED,
+                Status.FAILED,
                 f"worker failed {run.reroutes} times, re-routes spent; last answer: {e}",
                 "worker_failed", worker_status=e.status,
             )
@@ -194,20 +204,20 @@ def _advance(run: Run) -> str:
         return run.wait(f"re-routing ({run.reroutes}/{s.max_reroutes}) after {e}", delay,
                         worker_status=e.status, request_idx="")
     except (WorkerTimeout, WorkerRejected, WorkerBadAnswer) as e:
-        return run.finish(jobs.FAILED, str(e), _kind(e), worker_status=e.status)
+        return run.finish(Status.FAILED, str(e), _kind(e), worker_status=e.status)
 
     # 3. Store: first terminal write wins.
     is_json = not isinstance(resp.body, str)
     log.debug("job %s GPU call took %.3fs", run.id, time.monotonic() - started)
     return run.finish(
-        jobs.SUCCEEDED,
+        Status.SUCCEEDED,
         worker_status=resp.status,
         result=json.dumps(resp.body, separators=(",", ":")) if is_json else resp.body,
         result_type="json" if is_json else "text",
     )
 
 
-def _poll_delay(run: Run, s: Any) -> float:
+def _poll_delay(run: Run, s: Settings) -> float:
     return poll_delay(max(0, run.polls - 1), s.poll_base, s.poll_cap)
 
 

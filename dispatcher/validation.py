@@ -9,33 +9,14 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from dispatcher.settings import Settings
+from dispatcher.config import Settings
+from dispatcher.errors import InvalidJob
+from dispatcher.model import JobSpec
 
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
-
-
-class InvalidJob(ValueError):
-    """Bad job input. ``field`` names the offending field."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    endpoint: str
-    payload_json: str | None
-    cost: float
-    path: str
-    max_wait: float
-    timeout: float
-    priority: int
 
 
 def check_endpoint(endpoint: Any) -> str:

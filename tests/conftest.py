@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from dispatcher.redis_server import RedisServer
+from dispatcher.dev.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import random
 
-from dispatcher.backoff import poll_delay
+from dispatcher.dispatch import poll_delay
 
 
 def test_delays_grow_then_stay_under_the_cap() -> None:

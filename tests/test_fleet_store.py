@@ -10,10 +10,11 @@ import time
 import fakeredis
 import pytest
 
-from dispatcher import jobs
-from dispatcher.settings import RouteBudget
-from dispatcher.stats import collect, percentile
-from dispatcher.store import Store, gate_key, pending_key
+from dispatcher.config import RouteBudget
+from dispatcher.model import Status
+from dispatcher.ops.stats import collect, percentile
+from dispatcher.store import Store
+from dispatcher.store.keys import CALLS, GATE, PENDING_INDEX
 
 
 def make_store(**budget: float) -> Store:
@@ -23,7 +24,7 @@ def make_store(**budget: float) -> Store:
 
 def new_job(store: Store, job_id: str, priority: int = 0, endpoint: str = "e",
             **extra: object) -> None:
-    fields = {"id": job_id, "status": jobs.QUEUED, "endpoint": endpoint, "cost": 1.0,
+    fields = {"id": job_id, "status": Status.QUEUED, "endpoint": endpoint, "cost": 1.0,
               "path": "/x", "payload": "{}", "max_wait": 600.0, "timeout": 5.0,
               "priority": priority, "queue": store.queue, **extra}
     assert store.create(job_id, fields, 60)
@@ -47,8 +48,8 @@ def test_budget_grants_a_burst_then_defers_spread_over_the_backlog() -> None:
     # (0.5 s), in the order they were deferred: they come back at the budget's rate.
     dues = [store.redis.zscore(store.waiting, f"j{n}") - time.time() for n in range(3, 10)]
     assert dues == pytest.approx([0.5 * k for k in range(1, 8)], abs=0.05)
-    gate = store.redis.hgetall(gate_key("e"))
-    assert gate["calls"] == "3" and gate["deferred"] == "7"
+    gate = store.redis.hgetall(GATE("e"))
+    assert gate["calls"] == "3" and gate["deferred_calls"] == "7"
 
 
 def test_no_limit_grants_every_call() -> None:
@@ -60,9 +61,9 @@ def test_no_limit_grants_every_call() -> None:
 
 def test_a_429_pauses_the_fleet_halves_the_rate_then_recovers() -> None:
     store = make_store(rate=100.0, burst=100.0, recover=0.5, pause_base=0.3, pause_cap=1.0)
-    assert store.route_result("e", "HTTP 429", rate_limited=True) == 1
+    assert store.record_route_answer("e", "HTTP 429", rate_limited=True) == 1
     # A burst of 429s from calls already in flight counts once.
-    assert store.route_result("e", "HTTP 429", rate_limited=True) == 0
+    assert store.record_route_answer("e", "HTTP 429", rate_limited=True) == 0
     new_job(store, "a")
     assert store.claim("a", 0, 30, "t").outcome == "deferred"  # paused
     s = collect(store)["endpoints"]["e"]
@@ -78,10 +79,10 @@ def test_repeated_429s_lengthen_the_pause_up_to_the_cap() -> None:
     store = make_store(rate=10.0, burst=1.0, recover=60, pause_base=0.2, pause_cap=0.5)
     levels, pauses = [], []
     for _ in range(4):
-        levels.append(store.route_result("e", "HTTP 429", rate_limited=True))
-        g = store.redis.hgetall(gate_key("e"))
+        levels.append(store.record_route_answer("e", "HTTP 429", rate_limited=True))
+        g = store.redis.hgetall(GATE("e"))
         pauses.append(float(g["paused_until"]) - float(g["cut_at"]))
-        store.redis.hset(gate_key("e"), "cut_at", float(g["cut_at"]) - 2)  # next one counts
+        store.redis.hset(GATE("e"), "cut_at", float(g["cut_at"]) - 2)  # next one counts
     assert levels == [1, 2, 3, 4]
     assert pauses == pytest.approx([0.2, 0.4, 0.5, 0.5])
 
@@ -92,7 +93,7 @@ def test_pending_index_orders_by_priority_then_age() -> None:
     new_job(store, "high", priority=9)
     new_job(store, "mid", priority=5)
     new_job(store, "new-low", priority=0)
-    order = store.redis.zrange(pending_key("q", "e"), 0, -1)
+    order = store.redis.zrange(PENDING_INDEX("q", "e"), 0, -1)
     assert order == ["high", "mid", "old-low", "new-low"]
 
 
@@ -156,7 +157,7 @@ def test_running_and_finished_jobs_leave_the_pending_index() -> None:
     store.claim("a", 0, 30, "t")
     store.mark_running("a", "t", 30, {})
     store.finish("b", "cancelled", 60, {})
-    assert store.redis.zrange(pending_key("q", "e"), 0, -1) == []
+    assert store.redis.zrange(PENDING_INDEX("q", "e"), 0, -1) == []
 
 
 def test_webhook_is_queued_on_a_wanted_event_only() -> None:
@@ -213,9 +214,9 @@ def test_cancel_pending_leaves_running_jobs_and_other_endpoints_alone() -> None:
     store.claim("j0", 0, 30, "t")
     store.mark_running("j0", "t", 30, {})
     to_waiting(store, "j1")
-    assert store.cancel_pending("e", 60, 15, limit=4)[0] == 4
-    assert store.cancel_pending("e", 60, 15, limit=4)[0] == 2
-    assert store.cancel_pending("e", 60, 15, limit=4)[:2] == (0, 0)
+    assert store.cancel_pending("e", 60, 15, "purged", "cancelled", limit=4)[0] == 4
+    assert store.cancel_pending("e", 60, 15, "purged", "cancelled", limit=4)[0] == 2
+    assert store.cancel_pending("e", 60, 15, "purged", "cancelled", limit=4)[:2] == (0, 0)
     assert store.get("j0").status == "running" and store.get("other").status == "queued"
     assert store.get("j1").status == "cancelled"
     assert store.redis.zscore(store.waiting, "j1") is None
@@ -230,7 +231,7 @@ def test_stats_collects_counts_oldest_wait_rates_and_percentiles() -> None:
     store.claim("r", 0, 30, "t")
     store.mark_running("r", "t", 30, {})
     store.finish("r", "succeeded", 60, {})
-    store.route_result("e", "no worker: Stopped", rate_limited=False)
+    store.record_route_answer("e", "no worker: Stopped", rate_limited=False)
     s = collect(store)
     e = s["endpoints"]["e"]
     assert s["queue"] == "q" and s["generated_at"] > 1e9
@@ -253,10 +254,10 @@ def test_stray_429s_among_many_calls_do_not_slow_the_fleet() -> None:
         new_job(store, f"j{n}")
         assert store.claim(f"j{n}", 0, 30, "t").outcome == "ok"
     # 4 x 429 in 50 calls (8%): Vast having a bad moment, not our rate.
-    assert [store.route_result("e", "HTTP 429", True) for _ in range(4)] == [0, 0, 0, 0]
+    assert [store.record_route_answer("e", "HTTP 429", True) for _ in range(4)] == [0, 0, 0, 0]
     assert collect(store)["endpoints"]["e"]["route_backoff_level"] == 0
     # Most calls answered 429: that is a rate limit.
-    levels = [store.route_result("e", "HTTP 429", True) for _ in range(10)]
+    levels = [store.record_route_answer("e", "HTTP 429", True) for _ in range(10)]
     assert 1 in levels
 
 
@@ -267,11 +268,11 @@ def test_with_no_configured_rate_429s_learn_what_vast_let_through_then_probe_up(
         assert store.claim(f"j{n}", 0, 30, "t").outcome == "ok"  # no limit yet
     assert store.gate_state("e") == (0, 0.0)
     # Refused often enough (8 of 40 is 1 in 5): a cut.
-    assert [store.route_result("e", "HTTP 429", True) for _ in range(8)][-1] == 1
+    assert [store.record_route_answer("e", "HTTP 429", True) for _ in range(8)][-1] == 1
     e = collect(store)["endpoints"]["e"]
     # Learned: the 32 calls Vast let through, over the time since the window's first
     # second with calls (at most 2 s, at least 0.25 s), halved once.
-    learned = float(store.redis.hget(gate_key("e"), "learned"))
+    learned = float(store.redis.hget(GATE("e"), "learned"))
     assert 16.0 <= learned <= 128.0
     assert e["route_backoff_level"] == 1 and e["route_rate"] == pytest.approx(learned / 2)
     time.sleep(0.13)  # past the pause, and a token refilled
@@ -294,7 +295,7 @@ def test_with_no_configured_rate_429s_learn_what_vast_let_through_then_probe_up(
     # by 25% per quiet period (0.5 s here). From a known rate, 20/s, far below the
     # hundreds of claims a second this loop makes on any machine.
     learned = 20.0
-    store.redis.hset(gate_key("e"), "learned", learned)
+    store.redis.hset(GATE("e"), "learned", learned)
     outcomes, start, n = [], time.time(), 70
     while time.time() - start < 2.2:
         n += 1
@@ -309,7 +310,7 @@ def test_with_no_configured_rate_429s_learn_what_vast_let_through_then_probe_up(
 
 def test_a_probe_brings_the_waiting_schedule_in_line_with_the_raised_rate() -> None:
     store = make_store(rate=0.0, recover=0.5)
-    store.redis.hset(gate_key("e"), mapping={"learned": 10.0})
+    store.redis.hset(GATE("e"), mapping={"learned": 10.0})
     for job_id in ("far", "leased", "caller"):
         new_job(store, job_id)
     to_waiting(store, "far", delay=100)
@@ -319,10 +320,10 @@ def test_a_probe_brings_the_waiting_schedule_in_line_with_the_raised_rate() -> N
     # The fleet used the whole learned rate over the last full second: the next call
     # probes 25% higher, and waiting jobs come back 1.25 times sooner.
     sec = int(store.redis.time()[0])
-    store.redis.set(f"dispatcher:calls:e:{sec - 1}", 10)
+    store.redis.set(CALLS("e", sec - 1), 10)
     t = time.time()
     assert store.claim("caller", 0, 30, "c").outcome == "ok"
-    assert float(store.redis.hget(gate_key("e"), "learned")) == pytest.approx(12.5)
+    assert float(store.redis.hget(GATE("e"), "learned")) == pytest.approx(12.5)
     assert store.redis.zscore(store.waiting, "far") - t == pytest.approx((due_far - t) / 1.25,
                                                                          abs=0.05)
     assert store.get("far").next_poll_at == pytest.approx(store.redis.zscore(store.waiting, "far"))
@@ -338,10 +339,10 @@ def test_a_backed_off_fleet_still_refused_relearns_only_a_lower_rate(
     if store.redis.time()[1] > 900_000:  # keep the calls below in the window's first second
         time.sleep(0.15)
     t = store.redis.time()[0]
-    store.redis.hset(gate_key("e"), mapping={"learned": learned, "level": 2, "cut_at": t - 5})
-    store.redis.set(f"dispatcher:calls:e:{t - 1}", 10)
-    levels = [store.route_result("e", "HTTP 429", True) for _ in range(2)]
-    now = float(store.redis.hget(gate_key("e"), "learned"))
+    store.redis.hset(GATE("e"), mapping={"learned": learned, "level": 2, "cut_at": t - 5})
+    store.redis.set(CALLS("e", t - 1), 10)
+    levels = [store.record_route_answer("e", "HTTP 429", True) for _ in range(2)]
+    now = float(store.redis.hget(GATE("e"), "learned"))
     if relearned:  # 32/s was too high: learn what got through, one halving below it
         assert levels == [0, 1] and 4.0 <= now <= 8.0
     else:  # 3/s is below what got through: keep it, back off one more level
@@ -354,8 +355,8 @@ def test_a_learned_rate_spreads_polls_of_waiting_jobs() -> None:
         new_job(store, f"j{n}")
         assert store.claim(f"j{n}", 0, 30, "t").outcome == "ok"
     for _ in range(20):
-        store.route_result("e", "HTTP 429", True)
-    learned = float(store.redis.hget(gate_key("e"), "learned"))
+        store.record_route_answer("e", "HTTP 429", True)
+    learned = float(store.redis.hget(GATE("e"), "learned"))
     # 50 pending jobs at the learned (unhalved) rate: a 10 ms poll delay stretches to
     # 50 / rate, times the spread draw (0.5 to 1.5).
     assert store.schedule("j0", "t", 0.01, {}) == "ok"

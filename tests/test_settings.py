@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dispatcher.settings import Settings
+from dispatcher.config import Settings
 
 
 def test_fleet_defaults() -> None:

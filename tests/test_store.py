@@ -5,7 +5,7 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
-from dispatcher import jobs
+from dispatcher.model import Status
 from dispatcher.store import Store
 
 
@@ -16,7 +16,7 @@ def store() -> Store:
 
 def new_job(store: Store, job_id: str = "j1", grace: float = 60.0, priority: int = 0,
             **extra: object) -> None:
-    fields = {"id": job_id, "status": jobs.QUEUED, "endpoint": "e", "cost": 1.0, "path": "/x",
+    fields = {"id": job_id, "status": Status.QUEUED, "endpoint": "e", "cost": 1.0, "path": "/x",
               "payload": "{}", "max_wait": 10.0, "timeout": 5.0, "priority": priority,
               "queue": store.queue, **extra}
     assert store.create(job_id, fields, grace)

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import pytest
 import redis
 
-from dispatcher.celery_app import make_app
-from dispatcher.settings import Settings
-from dispatcher.transport import Channel, Transport
+from dispatcher.config import Settings
+from dispatcher.worker.app import make_app
+from dispatcher.worker.transport import Channel, Transport
 
 
 def test_a_released_connection_is_a_connection_error() -> None:

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from dispatcher.settings import Settings
+from dispatcher.config import Settings
 from dispatcher.validation import InvalidJob, check_job, check_job_id
 
 S = Settings(max_payload_bytes=1000, max_timeout=100)

@@ -17,24 +17,21 @@ import pytest
 import requests
 import responses
 
-from dispatcher.settings import Settings
-from dispatcher.vast import (
-    Assignment,
-    NoWorker,
+from dispatcher.config import Settings
+from dispatcher.errors import (
     RouteAuthError,
     RouteBadAnswer,
     RouteRateLimited,
     RouteRejected,
     RouteUnavailable,
-    VastClient,
     VastError,
     WorkerBadAnswer,
     WorkerRejected,
     WorkerSignatureRejected,
     WorkerTimeout,
     WorkerUnavailable,
-    redact,
 )
+from dispatcher.vast import Assignment, NoWorker, VastClient, redact
 
 KEY = "sk-test-0123456789abcdef"
 ROUTE = "https://run.example/route/"
@@ -413,7 +410,7 @@ def test_from_settings() -> None:
     s = Settings(vast_api_key=KEY, route_url=ROUTE, route_timeout=3.0, concurrency=8,
                  max_result_bytes=123)
     c = VastClient.from_settings(s)
-    assert (c.route_url, c.route_timeout, c.max_result_bytes) == (ROUTE, 3.0, 123)
+    assert (c.route_url, c.router.route_timeout, c.workers.max_result_bytes) == (ROUTE, 3.0, 123)
     adapter = c.session.get_adapter(WORKER)
     assert adapter._pool_maxsize == 8 and adapter._pool_block is False
     assert adapter.max_retries.total == 0

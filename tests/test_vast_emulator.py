@@ -8,20 +8,18 @@ from collections.abc import Iterator
 import pytest
 
 from dispatcher.emulator import Emulator, EmulatorConfig
-from dispatcher.vast import (
-    Assignment,
-    NoWorker,
+from dispatcher.errors import (
     RouteAuthError,
     RouteRateLimited,
     RouteRejected,
     RouteUnavailable,
-    VastClient,
     WorkerBadAnswer,
     WorkerRejected,
     WorkerSignatureRejected,
     WorkerTimeout,
     WorkerUnavailable,
 )
+from dispatcher.vast import Assignment, NoWorker, VastClient
 
 KEY = "client-vs-emulator-key"
 pytestmark = pytest.mark.timeout(60)
@@ -57,7 +55,8 @@ def client(vast: Emulator) -> Iterator[VastClient]:
 
 def test_assignment_then_worker_success(client: VastClient) -> None:
     a = client.route("llm", 10)
-    assert isinstance(a, Assignment) and a.endpoint == "llm" and a.cost == 10
+    assert isinstance(a, Assignment)
+    assert a.auth_data["endpoint"] == "llm" and a.auth_data["cost"] == 10
     resp = client.call_worker(a, "/v1/completions", {"id": "ok", "prompt": "hi"}, timeout=5)
     assert resp.status == 200 and resp.body["payload"] == {"id": "ok", "prompt": "hi"}
     assert resp.body["reqnum"] == a.reqnum and resp.body["worker"] == a.url

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from dispatcher.client import Client
+from dispatcher.config import Settings
+from dispatcher.dev.procs import Child, wait_for_worker, worker_process
+from dispatcher.dev.redis_server import RedisServer
 from dispatcher.emulator import Emulator, EmulatorConfig
-from dispatcher.procs import Child, wait_for_worker, worker_process
-from dispatcher.redis_server import RedisServer
-from dispatcher.settings import Settings
 
 API_KEY = "e2e-secret-key-9f8e7d"
 

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dispatcher.client import Client
 from dispatcher.emulator import Emulator
-from dispatcher.metrics import render
+from dispatcher.ops.metrics import render
 
 from .conftest import add_endpoint
 from .test_cli_e2e import cli

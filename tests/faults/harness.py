@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dispatcher.client import Client
-from dispatcher.jobs import TERMINAL, Job, job_key
-from dispatcher.procs import Child, EmulatorProcess, wait_for_worker, worker_process
-from dispatcher.redis_server import RedisServer
-from dispatcher.settings import Settings
+from dispatcher.config import Settings
+from dispatcher.dev.procs import Child, EmulatorProcess, wait_for_worker, worker_process
+from dispatcher.dev.redis_server import RedisServer
+from dispatcher.model import TERMINAL, Job
+from dispatcher.store.keys import job_key
 
 API_KEY = "fault-suite-key-5b3c1e"
 

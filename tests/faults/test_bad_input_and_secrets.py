@@ -14,9 +14,9 @@ import pytest
 import redis
 
 from dispatcher.client import Client
-from dispatcher.jobs import job_key
-from dispatcher.settings import Settings
-from dispatcher.validation import InvalidJob
+from dispatcher.config import Settings
+from dispatcher.errors import InvalidJob
+from dispatcher.store.keys import job_key
 
 from .harness import API_KEY, Cluster
 

@@ -8,12 +8,12 @@ import time
 import uuid
 from typing import Any
 
-from dispatcher.celery_app import make_app
 from dispatcher.client import Client
+from dispatcher.config import Settings
+from dispatcher.dev.procs import wait_for_worker, worker_process
+from dispatcher.dev.redis_server import RedisServer
 from dispatcher.emulator import Emulator, EmulatorConfig
-from dispatcher.procs import wait_for_worker, worker_process
-from dispatcher.redis_server import RedisServer
-from dispatcher.settings import Settings
+from dispatcher.worker.app import make_app
 
 API_KEY = "events-secret-key-31ff"
 

@@ -9,10 +9,10 @@ import uuid
 import pytest
 
 from dispatcher.client import Client
+from dispatcher.config import Settings
+from dispatcher.dev.procs import wait_for_worker, worker_process
+from dispatcher.dev.redis_server import RedisServer
 from dispatcher.emulator import Emulator, EmulatorConfig
-from dispatcher.procs import wait_for_worker, worker_process
-from dispatcher.redis_server import RedisServer
-from dispatcher.settings import Settings
 
 API_KEY = "prio-secret-key-77aa"
 LOW, HIGH = 1, 8

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from dispatcher.client import Client
-from dispatcher.procs import EmulatorProcess, wait_for_worker, worker_process
-from dispatcher.redis_server import RedisServer
-from dispatcher.settings import Settings
+from dispatcher.config import Settings
+from dispatcher.dev.procs import EmulatorProcess, wait_for_worker, worker_process
+from dispatcher.dev.redis_server import RedisServer
 
 API_KEY = "fleet-secret-key-5c4b"
 JOBS = 10_000

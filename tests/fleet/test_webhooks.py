@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 
 from dispatcher.client import Client
+from dispatcher.config import Settings
+from dispatcher.dev.procs import Child, wait_for_worker, worker_process
+from dispatcher.dev.redis_server import RedisServer
 from dispatcher.emulator import Emulator, EmulatorConfig
-from dispatcher.procs import Child, wait_for_worker, worker_process
-from dispatcher.redis_server import RedisServer
-from dispatcher.settings import Settings
-from dispatcher.validation import InvalidJob
-from dispatcher.webhook_http import verify
+from dispatcher.errors import InvalidJob
+from dispatcher.webhooks import verify
 
 API_KEY = "hook-vast-key-0a1b"
 SECRET = "hook-signing-secret-9c8d"

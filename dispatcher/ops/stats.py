@@ -1,0 +1,55 @@
+"""Queue health per endpoint, read from the counters the Lua scripts keep.
+
+Everything here is a read: gauges and totals are moved atomically with each
+status change (``index_move`` in store/lua/lib/index.lua), so ``stats()`` costs two
+round trips per endpoint (one pipeline, and the route budget in force from
+store/lua/gate_state.lua) however many jobs there are.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from dispatcher.model import ENDED, LIVE
+from dispatcher.store import Store
+
+RATE_WINDOW = 10  # seconds of route calls behind route_calls_per_s
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile; None for no samples."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def collect(store: Store) -> dict[str, Any]:
+    now = store.now()
+    out: dict[str, Any] = {"queue": store.queue, "generated_at": now, "endpoints": {}}
+    for ep in store.endpoints():
+        out["endpoints"][ep] = _endpoint(store, ep, now)
+    return out
+
+
+def _endpoint(store: Store, ep: str, now: float) -> dict[str, Any]:
+    h = store.endpoint_health(ep, now, RATE_WINDOW)
+    counts, gate = h.counts, h.gate
+    level, rate = store.gate_state(ep)
+    return {
+        **{str(k): max(0, int(counts.get(k, 0))) for k in LIVE + ENDED},
+        "oldest_wait_s": round(now - h.oldest_created, 3) if h.oldest_created is not None else None,
+        "last_route_status": gate.get("last_status") or None,
+        "last_route_at": float(gate["last_status_at"]) if gate.get("last_status_at") else None,
+        "route_calls": int(gate.get("calls", 0)),
+        "route_calls_per_s": sum(h.calls) / RATE_WINDOW,
+        "route_429s": int(gate.get("r429", 0)),
+        "route_deferred": int(gate.get("deferred_calls", 0)),
+        "route_rate": rate if rate > 0 else None,
+        "route_backoff_level": level,
+        "wait_p50_s": percentile(h.waits, 0.5),
+        "wait_p95_s": percentile(h.waits, 0.95),
+        "run_p50_s": percentile(h.runs, 0.5),
+        "run_p95_s": percentile(h.runs, 0.95),
+    }

@@ -1,0 +1,262 @@
+"""The only API over Redis state: every job transition is one Lua script, so it is atomic.
+
+The scripts live in ``lua/`` (libraries in ``lua/lib/``) and are readable on their own;
+``keys.py`` names every key; this module names the scripts and converts arguments.
+Nothing here knows about Celery: what must be published comes back as ``Envelope``s.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from dispatcher.config import RouteBudget
+from dispatcher.model import (
+    ClaimOutcome,
+    Envelope,
+    FinishOutcome,
+    HookOutcome,
+    Job,
+    ScheduleOutcome,
+    Task,
+)
+from dispatcher.store import keys
+from dispatcher.store.scripts import source
+
+# Long enough to ride out a Redis restart (AOF reload) without failing a job.
+REDIS_RETRIES = 40
+
+
+def connect(url: str, max_connections: int = 64) -> redis.Redis:
+    """A Redis client that blocks for a free connection and retries through restarts."""
+    retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), REDIS_RETRIES)
+    pool = redis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=30,
+        decode_responses=True,
+        socket_keepalive=True,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+        retry=retry,
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    )
+    return redis.Redis(connection_pool=pool)
+
+
+def _flatten(fields: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    for k, v in fields.items():
+        if v is None:
+            v = ""
+        elif isinstance(v, float):
+            v = repr(v)
+        out += [k, str(v)]
+    return out
+
+
+def _pairs(flat: list[Any]) -> dict[str, str]:
+    it = iter(flat)
+    return dict(zip(it, it, strict=True))
+
+
+@dataclass(frozen=True)
+class Claim:
+    outcome: ClaimOutcome
+    now: float
+    fields: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Finish:
+    outcome: FinishOutcome  # "ok", or the status the job already had
+    hook: bool  # a webhook delivery was queued: publish its first message
+    woken: list[Envelope] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Running:
+    payload: str | None
+    woken: list[Envelope] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EndpointHealth:
+    """The raw figures ``ops.stats`` summarises for one endpoint."""
+
+    counts: dict[str, str]
+    gate: dict[str, str]
+    calls: list[int]  # route calls in each of the last seconds, oldest first
+    waits: list[float]
+    runs: list[float]
+    oldest_created: float | None  # created_at of the oldest job not on a GPU
+
+
+def _envelopes(task: Task, raw: list[Any]) -> list[Envelope]:
+    return [Envelope(task, raw[i], int(raw[i + 1]), int(raw[i + 2] or 0), raw[i + 3])
+            for i in range(0, len(raw), 4)]
+
+
+def hook_envelope(job_id: str, priority: int = 0, endpoint: str = "") -> Envelope:
+    """The first message of a webhook delivery ``finish`` queued."""
+    return Envelope("webhook", job_id, keys.FIRST_WEBHOOK_SEQ, priority, endpoint)
+
+
+class Store:
+    """One queue's view of Redis: job transitions, due work, and the fleet's gates."""
+
+    def __init__(self, client: redis.Redis, queue: str, budget: RouteBudget | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.redis = client
+        self.queue = queue
+        self.budget = budget or RouteBudget()
+        self.waiting = keys.WAITING(queue)
+        self.hooks = keys.HOOKS(queue)
+        self._rng = rng or random.Random()
+        reg = client.register_script
+        self._create = reg(source("create"))
+        self._claim = reg(source("claim"))
+        self._mark_running = reg(source("mark_running"))
+        self._schedule = reg(source("schedule"))
+        self._finish = reg(source("finish"))
+        self._move_due = reg(source("move_due"))
+        self._record_route_answer = reg(source("record_route_answer"))
+        self._hook_take = reg(source("hook_take"))
+        self._hook_done = reg(source("hook_done"))
+        self._cancel_pending = reg(source("cancel_pending"))
+        self._gate_state = reg(source("gate_state"))
+
+    # --- the job's transitions ---------------------------------------------------------
+
+    def create(self, job_id: str, fields: dict[str, Any], grace: float) -> bool:
+        """False if the id exists: a repeated submit is the same job."""
+        args = [job_id, grace, *_flatten(fields)]
+        return bool(self._create(keys=[keys.JOB(job_id), self.waiting], args=args))
+
+    def claim(self, job_id: str, seq: int, lease: float, token: str, poll_cap: float = 5.0
+              ) -> Claim:
+        """Lease the job and take a route call from its endpoint's budget, or defer it."""
+        b = self.budget
+        args = [job_id, seq, lease, token, b.rate, b.burst, b.recover,
+                self._rng.uniform(0.5, 1.5), poll_cap]
+        raw = self._claim(keys=[keys.JOB(job_id), self.waiting], args=args)
+        return Claim(raw[0], float(raw[1]), _pairs(raw[2:]))
+
+    def mark_running(self, job_id: str, token: str, lease: float, fields: dict[str, Any],
+                     wake: int = 1, grace: float = 15.0) -> Running | None:
+        """The payload to forward (None if the job was cancelled or taken over)."""
+        args = [job_id, token, lease, wake, grace, *_flatten(fields)]
+        raw = self._mark_running(keys=[keys.JOB(job_id), self.waiting], args=args)
+        if not raw:
+            return None
+        return Running(raw[0], _envelopes("dispatch", raw[1:]))
+
+    def schedule(self, job_id: str, token: str, delay: float, fields: dict[str, Any]
+                 ) -> ScheduleOutcome:
+        """Put the job back to wait (never past its deadline; spread by the budget)."""
+        b = self.budget
+        args = [job_id, token, max(0.0, delay), b.rate, self._rng.uniform(0.5, 1.5),
+                b.recover, *_flatten(fields)]
+        return cast(ScheduleOutcome,
+                    self._schedule(keys=[keys.JOB(job_id), self.waiting], args=args))
+
+    def finish(self, job_id: str, status: str, ttl: int, fields: dict[str, Any],
+               wake: int = 0, grace: float = 15.0) -> Finish:
+        """The terminal write (the first one wins); ``wake`` waiting jobs get the slot."""
+        args = [job_id, status, ttl, grace, wake, *_flatten(fields)]
+        raw = self._finish(keys=[keys.JOB(job_id), self.waiting, self.hooks], args=args)
+        return Finish(raw[0], bool(int(raw[1])), _envelopes("dispatch", raw[2:]))
+
+    def cancel_pending(self, endpoint: str, ttl: int, grace: float, error: str, kind: str,
+                       limit: int = 500) -> tuple[int, int, list[str]]:
+        """Cancel up to ``limit`` queued/waiting jobs: (cancelled, scanned, ids with a hook)."""
+        raw = self._cancel_pending(
+            keys=[keys.PENDING_INDEX(self.queue, endpoint), self.waiting, self.hooks],
+            args=[limit, ttl, grace, error, kind])
+        return int(raw[0]), int(raw[1]), list(raw[2:])
+
+    # --- due work and webhooks ---------------------------------------------------------
+
+    def move_due(self, limit: int, grace: float, max_backlog: int = 1 << 30,
+                 hooks: bool = False) -> list[Envelope]:
+        """Due jobs (or webhook deliveries), none while the broker backlog is full."""
+        task: Task = "webhook" if hooks else "dispatch"
+        zset = self.hooks if hooks else self.waiting
+        args = [limit, grace, max_backlog, "webhook_seq" if hooks else "seq"]
+        raw = self._move_due(keys=[zset, *keys.broker_lists(self.queue)], args=args)
+        return _envelopes(task, raw)
+
+    def hook_take(self, job_id: str, seq: int, lease: float
+                  ) -> tuple[HookOutcome, int, dict[str, str]]:
+        raw = self._hook_take(keys=[keys.JOB(job_id), self.hooks], args=[job_id, seq, lease])
+        if raw[0] != "ok":
+            return raw[0], 0, {}
+        return "ok", int(raw[1]), _pairs(raw[2:])
+
+    def hook_done(self, job_id: str, seq: int, outcome: str, retry_delay: float,
+                  max_attempts: int, detail: str, http_status: int | None) -> str:
+        args = [job_id, seq, outcome, retry_delay, max_attempts, detail[:500],
+                "" if http_status is None else http_status]
+        return cast(str, self._hook_done(keys=[keys.JOB(job_id), self.hooks], args=args))
+
+    # --- the fleet's route budget ------------------------------------------------------
+
+    def record_route_answer(self, endpoint: str, status_text: str, rate_limited: bool) -> int:
+        """Record what /route/ answered, for stats. A 429 that is a real share of the
+        fleet's calls CUTS THE WHOLE FLEET'S route rate and pauses it; returns the
+        backoff level (0: no cut)."""
+        b = self.budget
+        args = [status_text[:200], int(rate_limited), b.recover, b.pause_base, b.pause_cap,
+                endpoint, b.rate]
+        return int(self._record_route_answer(keys=[keys.GATE(endpoint)], args=args) or 0)
+
+    def gate_state(self, endpoint: str) -> tuple[int, float]:
+        """The endpoint's backoff level and route rate in force (0.0 = no limit)."""
+        b = self.budget
+        level, rate = self._gate_state(keys=[keys.GATE(endpoint)], args=[b.rate, b.recover])
+        return int(level), float(rate)
+
+    # --- reads -------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job:
+        return Job.from_hash(job_id, self.redis.hgetall(keys.JOB(job_id)))
+
+    def counts(self, endpoint: str) -> dict[str, int]:
+        """Jobs now queued/waiting/running, and totals that ended each way."""
+        raw = self.redis.hgetall(keys.COUNTS(endpoint))
+        return {k: int(v) for k, v in raw.items()}
+
+    def waiting_count(self) -> int:
+        return int(self.redis.zcard(self.waiting))
+
+    def endpoints(self) -> list[str]:
+        return sorted(self.redis.smembers(keys.ENDPOINTS()))
+
+    def now(self) -> float:
+        sec, usec = self.redis.time()
+        return sec + usec / 1e6
+
+    def endpoint_health(self, endpoint: str, now: float, window: int) -> EndpointHealth:
+        """One pipelined read of an endpoint's counters, gate, samples and oldest job."""
+        pending = keys.PENDING_INDEX(self.queue, endpoint)
+        sec = int(now)
+        p = self.redis.pipeline(transaction=False)
+        p.hgetall(keys.COUNTS(endpoint))
+        p.hgetall(keys.GATE(endpoint))
+        p.mget([keys.CALLS(endpoint, s) for s in range(sec - window, sec)])
+        p.lrange(keys.SAMPLES(endpoint, "wait"), 0, -1)
+        p.lrange(keys.SAMPLES(endpoint, "run"), 0, -1)
+        for priority in range(keys.MAX_PRIORITY + 1):  # the oldest job of each priority
+            low, high = keys.pending_band(priority)
+            p.zrangebyscore(pending, low, high, start=0, num=1, withscores=True)
+        counts, gate, calls, waits, runs, *oldest = p.execute()
+        created = [keys.decode_pending(score)[1] for hit in oldest for _, score in hit]
+        return EndpointHealth(
+            counts=counts, gate=gate, calls=[int(c or 0) for c in calls],
+            waits=[float(x) for x in waits], runs=[float(x) for x in runs],
+            oldest_created=min(created) if created else None)

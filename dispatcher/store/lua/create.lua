@@ -1,0 +1,14 @@
+--! uses: clock index
+-- Create a job unless its id exists (idempotent submit).
+-- KEYS: job, waiting.  ARGV: job_id, grace, field, value, ...
+-- The job also enters the waiting set, due after `grace`: a safety net that
+-- republishes it if the submitter dies between this write and the publish.
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+local t = now()
+redis.call('HSET', KEYS[1], 'created_at', fmt(t), 'seq', '0', unpack(ARGV, 3))
+redis.call('ZADD', KEYS[2], t + tonumber(ARGV[2]), ARGV[1])
+redis.call('SADD', endpoints_key(), redis.call('HGET', KEYS[1], 'endpoint'))
+index_move(KEYS[1], ARGV[1], nil, ST.QUEUED)
+return 1

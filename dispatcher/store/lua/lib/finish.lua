@@ -1,0 +1,55 @@
+--! uses: clock index
+--! The terminal write. The first one wins, so a result is stored once even if
+--! the job ran twice.
+
+-- Wait (submit to GPU) and run (GPU to end) seconds of the endpoint's recent jobs.
+local function record_samples(ep, created_at, assigned_at, t)
+  local wait = samples_key(ep, 'wait')
+  local run = samples_key(ep, 'run')
+  redis.call('LPUSH', wait, fmt(tonumber(assigned_at) - tonumber(created_at or assigned_at)))
+  redis.call('LTRIM', wait, 0, SAMPLES_KEPT - 1)
+  redis.call('LPUSH', run, fmt(t - tonumber(assigned_at)))
+  redis.call('LTRIM', run, 0, SAMPLES_KEPT - 1)
+end
+
+local function wants_hook(events, status)
+  local ev = ',' .. (events or '') .. ','
+  return ev:find(',' .. status .. ',', 1, true) or ev:find(',completed,', 1, true)
+end
+
+-- Queue the job's webhook delivery (in the hooks set, due after `grace` as a
+-- safety net; the caller publishes its first message at once).
+local function queue_hook(job, hooks, id, status, t, grace)
+  redis.call('HSET', job, 'webhook_status', WEBHOOK.pending, 'webhook_seq', FIRST_WEBHOOK_SEQ,
+    'webhook_event', status, 'webhook_delivery_id', id .. '.' .. status,
+    'webhook_attempts', '0')
+  redis.call('ZADD', hooks, t + grace, id)
+end
+
+-- Store a terminal state. Returns the outcome (OUT.ok, or the status the job
+-- already had) and whether a webhook delivery was queued.
+local function finish_job(job, waiting, hooks, id, status, ttl, grace, fields)
+  local st = redis.call('HGET', job, 'status')
+  if not st then
+    return OUT.unknown, false
+  end
+  if TERMINAL[st] then
+    return st, false
+  end
+  local t = now()
+  redis.call('HSET', job, 'status', status, 'finished_at', fmt(t), unpack(fields))
+  redis.call('HDEL', job, 'lease_until', 'lease_token', 'next_poll_at')
+  redis.call('ZREM', waiting, id)
+  redis.call('EXPIRE', job, ttl)
+  index_move(job, id, st, status)
+  local h = redis.call('HMGET', job, 'endpoint', 'created_at', 'assigned_at', 'webhook',
+    'webhook_events')
+  if h[1] and h[3] then
+    record_samples(h[1], h[2], h[3], t)
+  end
+  if h[4] and h[4] ~= '' and wants_hook(h[5], status) then
+    queue_hook(job, hooks, id, status, t, grace)
+    return OUT.ok, true
+  end
+  return OUT.ok, false
+end
