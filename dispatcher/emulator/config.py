@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+ANSWER_SHAPES = ("live", "published")
 LATENCY_FIELDS = {"fixed": ("seconds",), "uniform": ("low", "high"),
                   "lognormal": ("median", "sigma")}
 
@@ -92,8 +93,12 @@ class EndpointConfig:
     # Stricter than Vast, as detectors of dispatcher bugs (docs/emulator.md):
     reject_replay: bool = True  # 401 for a reqnum already used (Vast's PyWorker accepts it)
     reject_tampered: bool = True  # 401 unless auth_data is the assignment issued, verbatim
+    answer_shape: str = "live"  # route answers: "live" (Vast's, with request_idx) or "published"
 
     def __post_init__(self) -> None:
+        if self.answer_shape not in ANSWER_SHAPES:
+            raise ConfigError(f"answer_shape: must be one of {list(ANSWER_SHAPES)}, "
+                              f"got {self.answer_shape!r}")
         for name in ("reject_replay", "reject_tampered"):
             check_bool(name, getattr(self, name))
         for name in ("workers", "hang_workers", "warmup_errors"):

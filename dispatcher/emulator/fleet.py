@@ -27,6 +27,23 @@ from dispatcher.emulator.stats import Stats
 STOPPED, LOADING, READY = "stopped", "loading", "ready"
 # What Vast's PyWorker requires of auth_data (it answers 422 naming each one missing).
 REQUIRED_AUTH = ("cost", "endpoint", "reqnum", "request_idx", "signature", "url")
+# Route answers by shape: "published" is Vast's API reference, "live" what Vast sends.
+ASSIGNMENT_FIELDS = {
+    "live": ("endpoint", "url", "cost", "reqnum", "signature", "request_idx", "__request_id"),
+    "published": ("endpoint", "url", "cost", "reqnum", "signature", "__request_id"),
+}
+NO_WORKER_FIELDS = {
+    "live": ("endpoint", "status", "__request_id", "request_idx"),
+    "published": ("endpoint", "status", "__request_id"),
+}
+
+
+def required_auth(shape: str, issued: Any) -> tuple[str, ...]:
+    """What an emulated worker answers 422 without: what a real PyWorker requires ("live"),
+    or every field issued ("published"); never a field the assignment was issued without."""
+    if shape == "published":
+        return tuple(issued)
+    return tuple(f for f in REQUIRED_AUTH if f in issued)
 
 
 def now() -> float:
@@ -154,6 +171,7 @@ class Endpoint:
     issued_by_reqnum: dict[int, Issued] = field(default_factory=dict)
     spent_reqnums: set[int] = field(default_factory=set)  # assignments a worker received
     spent_texts: set[int] = field(default_factory=set)  # hash(text) of those
+    script: deque[dict[str, Any]] = field(default_factory=deque)  # scripted route answers
     next_reqnum: int = 0
 
     def issue(self, rec: Issued) -> None:
@@ -190,9 +208,9 @@ class Endpoint:
         idle = sum(1 for w in self.workers if w.state == READY and w.outstanding == 0)
         return f"{c[LOADING]} loading, {idle} idle, {c[READY] - idle} busy"
 
-    def pick_worker(self) -> Worker | None:
-        """The least loaded ready worker with a free slot, if any."""
-        cap = self.config.capacity
+    def pick_worker(self, full_too: bool = False) -> Worker | None:
+        """The least loaded ready worker with a free slot (any ready one if ``full_too``)."""
+        cap = math.inf if full_too else self.config.capacity
         best: Worker | None = None
         best_load = cap
         for w in self.workers:

@@ -17,9 +17,20 @@ from typing import Any
 
 from aiohttp import web
 
-from dispatcher.emulator.fleet import REQUIRED_AUTH, Endpoint, Fleet, Issued, canonical, now
+from dispatcher.emulator.fleet import (
+    ASSIGNMENT_FIELDS,
+    REQUIRED_AUTH,
+    Endpoint,
+    Fleet,
+    Issued,
+    Worker,
+    canonical,
+    now,
+    required_auth,
+)
 from dispatcher.emulator.workers import Workers, reset
 
+PUBLISHED_REQUIRED = ASSIGNMENT_FIELDS["published"]
 REPLAY_TIMEOUT = 60.0  # the official client's replay_timeout: pending demand expires after it
 RATE_LIMITED = "API requests too frequent"
 
@@ -70,6 +81,9 @@ class Router:
         if error:
             st.route["bad_request"] += 1
             return _error(400, error)
+        ep = fleet.endpoints[name]
+        if ep.script:
+            return self._scripted(request, ep, ep.script.popleft(), body, cost)
         if cfg.rate_limit and self._rate_limited(name, key, cfg.rate_limit):
             st.route["rate_limited"] += 1
             return web.Response(status=429, text=RATE_LIMITED)
@@ -79,7 +93,7 @@ class Router:
         if cfg.route_429_rate and rng.random() < cfg.route_429_rate:
             st.route["rate_limited"] += 1
             return web.Response(status=429, text=RATE_LIMITED)
-        return web.json_response(self.assign(fleet.endpoints[name], body, cost))
+        return web.json_response(self.assign(ep, body, cost))
 
     def _validate(self, body: dict[str, Any]) -> tuple[str | None, str, float]:
         name = body.get("endpoint")
@@ -106,27 +120,45 @@ class Router:
 
     def assign(self, ep: Endpoint, body: dict[str, Any], cost: float) -> dict[str, Any]:
         """A worker assignment, or "no worker" (recording demand that may cold-start some)."""
-        fleet, st = self.fleet, self.fleet.stats
+        idx = self._request_idx(body)
+        worker = ep.pick_worker()
+        if worker is None:
+            return self._no_worker(ep, body, idx)
+        return self._assignment(ep, worker, cost, idx)
+
+    def _request_idx(self, body: dict[str, Any]) -> int:
+        """The job's place in the queue: the one it sent back, or a new one."""
+        fleet = self.fleet
         idx = body.get("request_idx")
         if type(idx) is not int or idx <= 0:  # a new request: a new request_idx
             fleet.last_request_idx += 1
-            idx = fleet.last_request_idx
-        elif idx > fleet.last_request_idx:  # never hand out a number a client already holds
+            return fleet.last_request_idx
+        if idx > fleet.last_request_idx:  # never hand out a number a client already holds
             fleet.last_request_idx = idx
+        return idx
+
+    def _request_id(self) -> str:
         self._ids += 1
-        request_id = f"{self._id_prefix}{self._ids:x}"
-        worker = ep.pick_worker()
-        if worker is None:
-            timeout = body.get("replay_timeout")
-            if (isinstance(timeout, bool) or not isinstance(timeout, int | float)
-                    or not 0 < timeout < math.inf):
-                timeout = REPLAY_TIMEOUT
-            ep.pending[idx] = now() + timeout
-            for w in ep.workers_to_start():
-                self.workers.start_cold(w, ep.config.cold_start)
-            st.route["no_worker"] += 1
-            return {"endpoint": ep.name, "status": ep.status_text(), "__request_id": request_id,
-                    "request_idx": idx}
+        return f"{self._id_prefix}{self._ids:x}"
+
+    def _no_worker(self, ep: Endpoint, body: dict[str, Any], idx: int) -> dict[str, Any]:
+        timeout = body.get("replay_timeout")
+        if (isinstance(timeout, bool) or not isinstance(timeout, int | float)
+                or not 0 < timeout < math.inf):
+            timeout = REPLAY_TIMEOUT
+        ep.pending[idx] = now() + timeout
+        for w in ep.workers_to_start():
+            self.workers.start_cold(w, ep.config.cold_start)
+        self.fleet.stats.route["no_worker"] += 1
+        answer = {"endpoint": ep.name, "status": ep.status_text(),
+                  "__request_id": self._request_id()}
+        if ep.config.answer_shape == "live":
+            answer["request_idx"] = idx
+        return answer
+
+    def _assignment(self, ep: Endpoint, worker: Worker, cost: float, idx: int,
+                    script: dict[str, Any] | None = None) -> dict[str, Any]:
+        fleet, st = self.fleet, self.fleet.stats
         ep.pending.pop(idx, None)
         ep.next_reqnum += 1
         reqnum = ep.next_reqnum
@@ -134,9 +166,43 @@ class Router:
         worker.expected[reqnum] = t + ep.config.assignment_ttl
         worker.last_active = t
         answer: dict[str, Any] = {"endpoint": ep.name, "url": worker.url, "cost": cost,
-                                  "reqnum": reqnum, "signature": fleet.key.sign(worker.url),
-                                  "request_idx": idx, "__request_id": request_id}
-        ep.issue(Issued(reqnum, worker, answer, canonical(answer), REQUIRED_AUTH, t))
+                                  "reqnum": reqnum, "signature": fleet.key.sign(worker.url)}
+        shape = ep.config.answer_shape
+        if shape == "live":
+            answer["request_idx"] = idx
+        answer["__request_id"] = self._request_id()
+        if script is None:
+            required = REQUIRED_AUTH if shape == "live" else PUBLISHED_REQUIRED
+        else:
+            answer = _edited(answer, script)
+            required = required_auth(shape, answer)
+        ep.issue(Issued(reqnum, worker, answer, canonical(answer), required, t))
         st.route["assigned"] += 1
         st.assignments += 1
         return answer
+
+    def _scripted(self, request: web.Request, ep: Endpoint, script: dict[str, Any],
+                  body: dict[str, Any], cost: float) -> web.StreamResponse:
+        self.fleet.stats.route["scripted"] += 1
+        if "reset" in script:
+            reset(request.transport)
+            return web.Response(status=500)  # never sent: the connection is gone
+        if "status" in script:
+            if "json" in script:
+                return web.json_response(script["json"], status=script["status"],
+                                         headers=script["headers"])
+            return web.Response(status=script["status"], text=script["text"],
+                                headers=script["headers"])
+        idx = self._request_idx(body)
+        worker = ep.pick_worker(full_too=True) if "assign" in script else None
+        if worker is None:  # a scripted no-worker, or an assignment with no ready worker
+            answer = self._no_worker(ep, body, idx)
+            return web.json_response(_edited(answer, script) if "no_worker" in script
+                                     else answer)
+        return web.json_response(self._assignment(ep, worker, cost, idx, script))
+
+
+def _edited(answer: dict[str, Any], script: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in answer.items() if k not in script["omit"]}
+    out.update(script["extra"])
+    return out

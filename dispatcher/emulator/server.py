@@ -24,6 +24,7 @@ from aiohttp import web
 from dispatcher.emulator.config import ConfigError, EmulatorConfig, EndpointConfig, check_integer
 from dispatcher.emulator.fleet import LOADING, READY, STOPPED, Endpoint, Fleet, now
 from dispatcher.emulator.router import Router
+from dispatcher.emulator.scripts import parse_script
 from dispatcher.emulator.signing import give_back, take_key
 from dispatcher.emulator.workers import BACKLOG, MAX_BODY, Workers
 
@@ -33,7 +34,7 @@ TICK = 0.05  # housekeeping period: assignment expiry, scale to zero
 PENDING_SWEEP = 0.25  # pending demand lives ~60 s: no need to scan it every tick
 CALL_TIMEOUT = 30.0
 ISSUED_RETENTION = 3600.0  # records of assignments never used are dropped after this
-ACTIONS = ("stop_all", "cold_start", "start", "reset_stats", "rotate_key")
+ACTIONS = ("stop_all", "cold_start", "start", "reset_stats", "rotate_key", "script_route")
 
 
 def raise_fd_limit() -> None:
@@ -155,6 +156,11 @@ class Emulator:
     def configure(self, patch: Mapping[str, Any]) -> None:
         """Same as ``POST /_emulator/config``; raises ConfigError for a bad patch."""
         self._call(self._apply(patch))
+
+    def script_route(self, endpoint: str, answers: list[dict[str, Any]]) -> None:
+        """The next route calls for ``endpoint`` answer these, in order (see ``scripts``);
+        replaces any answers left from an earlier script, ``[]`` clears it."""
+        self.configure({"action": "script_route", "endpoint": endpoint, "answers": answers})
 
     def worker_urls(self, endpoint: str) -> list[str]:
         """Every worker's url, stopped ones included (their ports are reserved)."""
@@ -298,7 +304,8 @@ class Emulator:
                 raise ConfigError(f"action rotate_key: unknown field(s) {sorted(args)}")
             self.fleet.key = take_key()  # the old one is dropped: PyWorkers may hold it
             return
-        allowed = {"endpoint", "seconds"} if action == "cold_start" else {"endpoint", "count"}
+        allowed = {"cold_start": {"endpoint", "seconds"}, "start": {"endpoint", "count"},
+                   "script_route": {"endpoint", "answers"}}.get(action, {"endpoint"})
         unknown = sorted(set(args) - allowed)
         if unknown:
             raise ConfigError(f"action {action}: unknown field(s) {unknown}")
@@ -306,6 +313,12 @@ class Emulator:
         ep = self.fleet.endpoints.get(name) if isinstance(name, str) else None
         if ep is None:
             raise ConfigError(f"endpoint: unknown endpoint {name!r}")
+        if action == "script_route":
+            if "answers" not in args:
+                raise ConfigError("answers: required for script_route")
+            ep.script.clear()
+            ep.script.extend(parse_script(args["answers"], ep.config.answer_shape))
+            return
         if action == "start":
             count = check_integer("count", args.get("count", 1))
             for w in [w for w in ep.workers if w.state == STOPPED][:count]:
@@ -326,7 +339,8 @@ class Emulator:
         snap = self.fleet.stats.snapshot()
         snap["endpoints"] = {
             name: {**ep.counts(), "status": ep.status_text(), "pending": len(ep.pending),
-                   "outstanding": sum(w.outstanding for w in ep.workers)}
+                   "outstanding": sum(w.outstanding for w in ep.workers),
+                   "scripted_left": len(ep.script)}
             for name, ep in self.fleet.endpoints.items()
         }
         return snap

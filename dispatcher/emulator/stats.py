@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ROUTE_OUTCOMES = ("calls", "assigned", "no_worker", "bad_request", "unauthorized",
-                  "rate_limited", "server_error", "reset")
+                  "rate_limited", "server_error", "reset", "scripted")
 WORKER_COUNTERS = ("executions", "succeeded", "failed", "hung", "cancelled",
                    "rejected_signature", "rejected_replay", "rejected_tampered", "malformed",
                    "admission_rejected", "warmup_rejected")

@@ -28,6 +28,7 @@ from aiohttp import web
 from dispatcher.emulator.config import ConfigError
 from dispatcher.emulator.directives import parse_directives
 from dispatcher.emulator.fleet import (
+    ASSIGNMENT_FIELDS,
     LOADING,
     READY,
     REQUIRED_AUTH,
@@ -255,7 +256,13 @@ class Workers:
         if rec is None and reqnum is not None:
             rec = ep.issued_by_reqnum.get(reqnum)  # the same assignment, edited
         if isinstance(auth, dict):
-            required = rec.required if rec is not None else REQUIRED_AUTH
+            if rec is not None:
+                required = rec.required
+            elif exact_replay:  # a copy of one it accepted: what was missing then was issued so
+                required = ()
+            else:
+                required = (REQUIRED_AUTH if cfg.answer_shape == "live"
+                            else ASSIGNMENT_FIELDS["published"])
             missing = {f: "missing parameter" for f in required if f not in auth}
             if missing:
                 errors["auth_data"] = missing
@@ -293,7 +300,7 @@ class Workers:
             return _refused(_tamper_reason(w, auth, rec, replayed))
         if rec is not None and exact:
             ep.spend(rec)
-            w.expected.pop(rec.reqnum, None)
+            rec.worker.expected.pop(rec.reqnum, None)
         elif reqnum is not None:
             ep.spent_reqnums.add(reqnum)
         w.last_active = now()

@@ -162,7 +162,8 @@ def test_stats_shape_and_counters(vast: Emulator) -> None:
     route(vast, {"endpoint": "nope"})
     s = vast.stats()
     assert s["route"] == {"calls": 6, "assigned": 5, "no_worker": 0, "bad_request": 1,
-                          "unauthorized": 0, "rate_limited": 0, "server_error": 0, "reset": 0}
+                          "unauthorized": 0, "rate_limited": 0, "server_error": 0, "reset": 0,
+                          "scripted": 0}
     assert s["assignments"] == 5
     assert s["workers"] == {"executions": 5, "succeeded": 5, "failed": 0, "hung": 0,
                             "cancelled": 0, "rejected_signature": 0, "rejected_replay": 1,
@@ -176,7 +177,7 @@ def test_stats_shape_and_counters(vast: Emulator) -> None:
     assert s["route_seconds_total"] > 0
     assert s["endpoints"]["llm"] == {"ready": 2, "loading": 0, "stopped": 0,
                                      "status": "0 loading, 2 idle, 0 busy", "pending": 0,
-                                     "outstanding": 0}
+                                     "outstanding": 0, "scripted_left": 0}
     vast.configure({"action": "reset_stats"})
     s = vast.stats()
     assert s["route"]["calls"] == 0 and s["executions_by_payload"] == {}
