@@ -79,7 +79,7 @@ def default_client() -> Client:
                 from dispatcher.client import Client
 
                 app = get_app()
-                _default = Client(app.dispatcher_settings, app)  # type: ignore[attr-defined]
+                _default = Client(app.dispatcher_settings, app)
     return _default
 
 

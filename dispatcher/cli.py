@@ -32,6 +32,20 @@ def _load_payload(source: str) -> Any:
         raise SystemExit(_usage_error(f"payload: {source!r} is not valid JSON: {e}")) from None
 
 
+class MissingExtra(Exception):
+    """A command whose tools live in an extra that is not installed."""
+
+
+def _needs(extra: str, *modules: str) -> None:
+    """Fail with the install command when an optional dependency is missing."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingExtra(f"this command needs {', '.join(missing)}: "
+                           f"pip install 'vast-dispatcher[{extra}]'")
+
+
 def _usage_error(message: str) -> int:
     print(f"dispatcher: error: {message}", file=sys.stderr)
     return EXIT_USAGE
@@ -122,6 +136,7 @@ def cmd_stats(a: argparse.Namespace) -> int:
     if a.json:
         _print_json(stats)
         return EXIT_OK
+    _needs("ops", "rich")
     from rich.console import Console
 
     from dispatcher.ops.top import stats_table
@@ -131,6 +146,7 @@ def cmd_stats(a: argparse.Namespace) -> int:
 
 
 def cmd_top(a: argparse.Namespace) -> int:
+    _needs("ops", "rich")
     from dispatcher.ops.top import run_top
 
     return run_top(_client().stats, interval=a.interval, iterations=a.iterations)
@@ -139,6 +155,7 @@ def cmd_top(a: argparse.Namespace) -> int:
 def cmd_metrics(a: argparse.Namespace) -> int:
     import threading
 
+    _needs("ops", "prometheus_client")
     from dispatcher.ops.metrics import serve_metrics
 
     serve_metrics(_client().stats, a.host, a.port)
@@ -168,9 +185,27 @@ def cmd_worker(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
+    _needs("demo", "rich", "aiohttp")
     from dispatcher.dev.demo import run_demo
 
     return run_demo(jobs=a.jobs, cold_start=a.cold_start, concurrency=a.concurrency)
+
+
+def cmd_config(a: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from dispatcher.config import Settings, markdown_table
+
+    if a.markdown:
+        print(markdown_table())
+        return EXIT_OK
+    s = Settings.from_env()
+    for f in fields(Settings):
+        value = getattr(s, f.name)
+        if f.metadata["secret"]:
+            value = "(set)" if value else "(not set)"
+        print(f"{f.metadata['env']}={value}")
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,6 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=9808)
     s.set_defaults(func=cmd_metrics)
 
+    s = sub.add_parser("config", help="print the settings in force (secrets hidden)")
+    s.add_argument("--markdown", action="store_true",
+                   help="print the table of every variable, its default and meaning")
+    s.set_defaults(func=cmd_config)
+
     s = sub.add_parser("worker", help="run a Celery worker (threads pool)")
     s.add_argument("--concurrency", type=int, default=None)
     s.add_argument("--loglevel", default="INFO")
@@ -250,13 +290,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    if argv and argv[0] == "emulator":
-        from dispatcher.emulator.cli import main as emulator_main
-
-        return emulator_main(argv[1:])
-    a = parser.parse_args(argv)
     try:
-        return a.func(a)
+        if argv and argv[0] == "emulator":
+            _needs("emulator", "aiohttp")
+            from dispatcher.emulator.cli import main as emulator_main
+
+            return emulator_main(argv[1:])
+        a = parser.parse_args(argv)
+        return int(a.func(a))
+    except MissingExtra as e:
+        return _usage_error(str(e))
     except ValueError as e:  # settings from the environment
         return _usage_error(str(e))
 

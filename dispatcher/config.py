@@ -187,7 +187,7 @@ class Settings:
         return RouteBudget(self.route_rate, self.route_burst, self.route_recover,
                            self.poll_base, self.poll_cap)
 
-    def with_(self, **changes: object) -> Settings:
+    def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 
 

@@ -46,7 +46,7 @@ def poll_delay(attempt: int, base: float, cap: float, rng: random.Random | None 
     "Equal jitter": half the step is fixed so a job is never re-polled at once
     (no busy loop), half is random so a fleet of waiting jobs spreads out.
     """
-    step = min(cap, base * (2 ** min(attempt, 30)))
+    step = min(cap, base * 2.0 ** min(attempt, 30))
     r = (rng or random).random()
     return step / 2 + r * step / 2
 

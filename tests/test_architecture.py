@@ -11,10 +11,9 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args
 
 import pytest
-
-from typing import get_args
 
 import dispatcher
 from dispatcher import model

@@ -15,7 +15,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Self
 
 import redis
 
@@ -30,7 +30,7 @@ class Child:
         self.proc: subprocess.Popen | None = None
         self._log: IO[bytes] | None = None
 
-    def start(self) -> Child:
+    def start(self) -> Self:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             self.args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
@@ -77,7 +77,7 @@ class Child:
         except FileNotFoundError:
             return ""
 
-    def __enter__(self) -> Child:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -118,7 +118,7 @@ class EmulatorProcess(Child):
         self.route_url = ""
         self.url = ""
 
-    def start(self, timeout: float = 20.0) -> EmulatorProcess:
+    def start(self, timeout: float = 20.0) -> Self:
         super().start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

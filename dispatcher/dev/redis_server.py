@@ -52,7 +52,7 @@ class RedisServer:
         self.port = port or free_port()
         self.aof = aof
         self._tmp = None if dir else tempfile.TemporaryDirectory(prefix="dispatcher-redis-")
-        self.dir = dir or self._tmp.name
+        self.dir = dir if dir else self._tmp.name  # type: ignore[union-attr]
         self.maxclients = maxclients
         self.proc: subprocess.Popen | None = None
 

@@ -31,6 +31,8 @@ from dispatcher.store.scripts import source
 # Long enough to ride out a Redis restart (AOF reload) without failing a job.
 REDIS_RETRIES = 40
 
+Arg = str | int | float  # what a script argument may be
+
 
 def connect(url: str, max_connections: int = 64) -> redis.Redis:
     """A Redis client that blocks for a free connection and retries through restarts."""
@@ -49,8 +51,8 @@ def connect(url: str, max_connections: int = 64) -> redis.Redis:
     return redis.Redis(connection_pool=pool)
 
 
-def _flatten(fields: dict[str, Any]) -> list[str]:
-    out: list[str] = []
+def _flatten(fields: dict[str, Any]) -> list[Arg]:
+    out: list[Arg] = []
     for k, v in fields.items():
         if v is None:
             v = ""
@@ -135,14 +137,14 @@ class Store:
 
     def create(self, job_id: str, fields: dict[str, Any], grace: float) -> bool:
         """False if the id exists: a repeated submit is the same job."""
-        args = [job_id, grace, *_flatten(fields)]
+        args: list[Arg] = [job_id, grace, *_flatten(fields)]
         return bool(self._create(keys=[keys.JOB(job_id), self.waiting], args=args))
 
     def claim(self, job_id: str, seq: int, lease: float, token: str, poll_cap: float = 5.0
               ) -> Claim:
         """Lease the job and take a route call from its endpoint's budget, or defer it."""
         b = self.budget
-        args = [job_id, seq, lease, token, b.rate, b.burst, b.recover,
+        args: list[Arg] = [job_id, seq, lease, token, b.rate, b.burst, b.recover,
                 self._rng.uniform(0.5, 1.5), poll_cap]
         raw = self._claim(keys=[keys.JOB(job_id), self.waiting], args=args)
         return Claim(raw[0], float(raw[1]), _pairs(raw[2:]))
@@ -150,7 +152,7 @@ class Store:
     def mark_running(self, job_id: str, token: str, lease: float, fields: dict[str, Any],
                      wake: int = 1, grace: float = 15.0) -> Running | None:
         """The payload to forward (None if the job was cancelled or taken over)."""
-        args = [job_id, token, lease, wake, grace, *_flatten(fields)]
+        args: list[Arg] = [job_id, token, lease, wake, grace, *_flatten(fields)]
         raw = self._mark_running(keys=[keys.JOB(job_id), self.waiting], args=args)
         if not raw:
             return None
@@ -160,7 +162,7 @@ class Store:
                  ) -> ScheduleOutcome:
         """Put the job back to wait (never past its deadline; spread by the budget)."""
         b = self.budget
-        args = [job_id, token, max(0.0, delay), b.rate, self._rng.uniform(0.5, 1.5),
+        args: list[Arg] = [job_id, token, max(0.0, delay), b.rate, self._rng.uniform(0.5, 1.5),
                 b.recover, *_flatten(fields)]
         return cast(ScheduleOutcome,
                     self._schedule(keys=[keys.JOB(job_id), self.waiting], args=args))
@@ -168,7 +170,7 @@ class Store:
     def finish(self, job_id: str, status: str, ttl: int, fields: dict[str, Any],
                wake: int = 0, grace: float = 15.0) -> Finish:
         """The terminal write (the first one wins); ``wake`` waiting jobs get the slot."""
-        args = [job_id, status, ttl, grace, wake, *_flatten(fields)]
+        args: list[Arg] = [job_id, status, ttl, grace, wake, *_flatten(fields)]
         raw = self._finish(keys=[keys.JOB(job_id), self.waiting, self.hooks], args=args)
         return Finish(raw[0], bool(int(raw[1])), _envelopes("dispatch", raw[2:]))
 
@@ -187,7 +189,7 @@ class Store:
         """Due jobs (or webhook deliveries), none while the broker backlog is full."""
         task: Task = "webhook" if hooks else "dispatch"
         zset = self.hooks if hooks else self.waiting
-        args = [limit, grace, max_backlog, "webhook_seq" if hooks else "seq"]
+        args: list[Arg] = [limit, grace, max_backlog, "webhook_seq" if hooks else "seq"]
         raw = self._move_due(keys=[zset, *keys.broker_lists(self.queue)], args=args)
         return _envelopes(task, raw)
 
@@ -200,7 +202,7 @@ class Store:
 
     def hook_done(self, job_id: str, seq: int, outcome: str, retry_delay: float,
                   max_attempts: int, detail: str, http_status: int | None) -> str:
-        args = [job_id, seq, outcome, retry_delay, max_attempts, detail[:500],
+        args: list[Arg] = [job_id, seq, outcome, retry_delay, max_attempts, detail[:500],
                 "" if http_status is None else http_status]
         return cast(str, self._hook_done(keys=[keys.JOB(job_id), self.hooks], args=args))
 
@@ -211,8 +213,8 @@ class Store:
         fleet's calls CUTS THE WHOLE FLEET'S route rate and pauses it; returns the
         backoff level (0: no cut)."""
         b = self.budget
-        args = [status_text[:200], int(rate_limited), b.recover, b.pause_base, b.pause_cap,
-                endpoint, b.rate]
+        args: list[Arg] = [status_text[:200], int(rate_limited), b.recover, b.pause_base,
+                           b.pause_cap, endpoint, b.rate]
         return int(self._record_route_answer(keys=[keys.GATE(endpoint)], args=args) or 0)
 
     def gate_state(self, endpoint: str) -> tuple[int, float]:
@@ -224,18 +226,18 @@ class Store:
     # --- reads -------------------------------------------------------------------------
 
     def get(self, job_id: str) -> Job:
-        return Job.from_hash(job_id, self.redis.hgetall(keys.JOB(job_id)))
+        return Job.from_hash(job_id, cast(dict[str, str], self.redis.hgetall(keys.JOB(job_id))))
 
     def counts(self, endpoint: str) -> dict[str, int]:
         """Jobs now queued/waiting/running, and totals that ended each way."""
-        raw = self.redis.hgetall(keys.COUNTS(endpoint))
+        raw = cast(dict[str, str], self.redis.hgetall(keys.COUNTS(endpoint)))
         return {k: int(v) for k, v in raw.items()}
 
     def waiting_count(self) -> int:
         return int(self.redis.zcard(self.waiting))
 
     def endpoints(self) -> list[str]:
-        return sorted(self.redis.smembers(keys.ENDPOINTS()))
+        return sorted(cast(set[str], self.redis.smembers(keys.ENDPOINTS())))
 
     def now(self) -> float:
         sec, usec = self.redis.time()

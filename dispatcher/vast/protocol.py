@@ -41,7 +41,7 @@ class Assignment:
 
     @property
     def url(self) -> str:
-        return self.auth_data["url"]
+        return str(self.auth_data["url"])
 
     @property
     def reqnum(self) -> Any:

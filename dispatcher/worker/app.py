@@ -66,7 +66,7 @@ def make_app(settings: Settings | None = None, *, main: bool = False) -> Celery:
         task_ignore_result=True,
         result_expires=settings.result_ttl,
     )
-    app.dispatcher_settings = settings  # type: ignore[attr-defined]
+    app.dispatcher_settings = settings
     register(app, runtime_for)
     app.steps["worker"].add(MoverStep)
     return app
@@ -80,10 +80,10 @@ def runtime_for(app: Celery) -> Runtime:
     with _lock:
         rt = getattr(app, "_dispatcher_runtime", None)
         if rt is None:
-            s: Settings = app.dispatcher_settings  # type: ignore[attr-defined]
+            s: Settings = app.dispatcher_settings
             store = Store(connect(s.redis_url, s.concurrency + 16), s.queue, s.route_budget())
             rt = Runtime(s, store, VastClient.from_settings(s), CeleryPublisher(app, s.queue))
-            app._dispatcher_runtime = rt  # type: ignore[attr-defined]
+            app._dispatcher_runtime = rt
     return rt
 
 
