@@ -34,7 +34,8 @@ class BadRouter(BaseHTTPRequestHandler):
                     "signature": "s", "request_idx": 1},
         "no-host": {"url": "http://", "endpoint": "e", "cost": 1, "reqnum": 1,
                     "signature": "s", "request_idx": 1},
-        "missing-fields": {"url": "http://127.0.0.1:9", "endpoint": "e"},
+        # (Missing fields are forwarded, as Vast's schema allows: tests/contract covers it.)
+        "url-not-a-string": {"url": ["http://127.0.0.1:9"], "endpoint": "e"},
     }
 
     def do_POST(self) -> None:  # noqa: N802
