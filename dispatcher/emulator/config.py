@@ -15,8 +15,12 @@ from pathlib import Path
 from typing import Any
 
 ANSWER_SHAPES = ("live", "published")
+WORKER_KINDS = ("emulator", "pyworker")
 LATENCY_FIELDS = {"fixed": ("seconds",), "uniform": ("low", "high"),
                   "lognormal": ("median", "sigma")}
+
+
+SIMULATED_ONLY = ("workers", "max_workers")  # refused when set on a PyWorker endpoint
 
 
 class ConfigError(ValueError):
@@ -94,11 +98,21 @@ class EndpointConfig:
     reject_replay: bool = True  # 401 for a reqnum already used (Vast's PyWorker accepts it)
     reject_tampered: bool = True  # 401 unless auth_data is the assignment issued, verbatim
     answer_shape: str = "live"  # route answers: "live" (Vast's, with request_idx) or "published"
+    # "pyworker": no simulated workers; real Vast PyWorkers register by POST /worker_status/
+    workers_from: str = "emulator"
+    mtoken: str | None = None  # the PyWorkers' MASTER_TOKEN; None: the endpoint's name
+    report_timeout: float = 30.0  # a PyWorker silent this long is not routed to
 
     def __post_init__(self) -> None:
         if self.answer_shape not in ANSWER_SHAPES:
             raise ConfigError(f"answer_shape: must be one of {list(ANSWER_SHAPES)}, "
                               f"got {self.answer_shape!r}")
+        if self.workers_from not in WORKER_KINDS:
+            raise ConfigError(f"workers_from: must be one of {list(WORKER_KINDS)}, "
+                              f"got {self.workers_from!r}")
+        if self.mtoken is not None and (not isinstance(self.mtoken, str) or not self.mtoken):
+            raise ConfigError("mtoken: must be a non-empty string or null")
+        check_number("report_timeout", self.report_timeout)
         for name in ("reject_replay", "reject_tampered"):
             check_bool(name, getattr(self, name))
         for name in ("workers", "hang_workers", "warmup_errors"):
@@ -120,7 +134,9 @@ class EndpointConfig:
 
     @property
     def worker_limit(self) -> int:
-        """How many workers the endpoint has (each with its own port)."""
+        """How many simulated workers the endpoint has (each with its own port)."""
+        if self.workers_from == "pyworker":
+            return 0
         return self.max_workers if self.max_workers is not None else max(self.workers, 1)
 
     @property
@@ -141,9 +157,15 @@ class EndpointConfig:
         if unknown:
             raise ConfigError(f"endpoint: unknown field(s) {unknown}")
         try:
-            return replace(base, **d) if base is not None else cls(**d)
+            cfg = replace(base, **d) if base is not None else cls(**d)
         except TypeError as e:  # a value of a type the checks did not expect
             raise ConfigError(f"endpoint: {e}") from None
+        if cfg.workers_from == "pyworker":
+            for name in SIMULATED_ONLY:
+                if name in d and d[name] not in (None, 0, False):
+                    raise ConfigError(f"{name}: an endpoint with workers_from 'pyworker' has "
+                                      f"no simulated workers (its PyWorkers register)")
+        return cfg
 
 
 @dataclass(frozen=True)
@@ -185,7 +207,33 @@ class EmulatorConfig:
             if not isinstance(name, str) or not name:
                 raise ConfigError(f"endpoints: names must be non-empty strings, got {name!r}")
             eps[name] = ep if isinstance(ep, EndpointConfig) else _endpoint(name, ep)
+        tokens: dict[str, str] = {}
+        for name, ep in eps.items():
+            if ep.mtoken is not None:
+                if ep.mtoken in tokens:
+                    raise ConfigError(f"endpoints.{name}.mtoken: the same as "
+                                      f"endpoints.{tokens[ep.mtoken]}.mtoken")
+                tokens[ep.mtoken] = name
         object.__setattr__(self, "endpoints", eps)
+
+    def pyworker_endpoint(self, mtoken: str) -> str | None:
+        """The PyWorker endpoint a MASTER_TOKEN names: by its ``mtoken``, else by name."""
+        for name, ep in self.endpoints.items():
+            if ep.mtoken == mtoken and ep.workers_from == "pyworker":
+                return name
+        named = self.endpoints.get(mtoken)
+        if named is not None and named.workers_from == "pyworker" and named.mtoken is None:
+            return mtoken
+        return None
+
+    def redacted(self) -> dict[str, Any]:
+        """``to_dict`` without the secrets (the API key, PyWorker tokens)."""
+        d = self.to_dict()
+        d["api_key"] = "<redacted>"
+        for ep in d["endpoints"].values():
+            if ep["mtoken"] is not None:
+                ep["mtoken"] = "<redacted>"
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EmulatorConfig:

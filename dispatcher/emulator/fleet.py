@@ -13,7 +13,7 @@ import math
 import random
 import socket
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +25,7 @@ from dispatcher.emulator.signing import SigningKey
 from dispatcher.emulator.stats import Stats
 
 STOPPED, LOADING, READY = "stopped", "loading", "ready"
+ERRORED, STALE = "errored", "stale"  # PyWorkers only: reported an error_msg; stopped reporting
 # What Vast's PyWorker requires of auth_data (it answers 422 naming each one missing).
 REQUIRED_AUTH = ("cost", "endpoint", "reqnum", "request_idx", "signature", "url")
 # Route answers by shape: "published" is Vast's API reference, "live" what Vast sends.
@@ -149,6 +150,71 @@ class Worker:
         return len(self.expected) + self.gate.queued + self.gate.running
 
 
+@dataclass(eq=False)
+class PyWorker:
+    """A real Vast PyWorker process, known from what it reports (``POST /worker_status/``).
+
+    Routable while it says it is loaded (``loadtime`` > 0), reports no ``error_msg``, and
+    has reported within the endpoint's ``report_timeout``. Its load is the assignments
+    routed to it that it has not yet reported finished (``POST /delete_requests/``)."""
+
+    endpoint: Endpoint
+    id: int
+    url: str
+    last_report: float = 0.0
+    reports: int = 0
+    loadtime: float = 0.0
+    error_msg: str = ""
+    status: dict[str, Any] = field(default_factory=dict)  # the last report's load figures
+    assigned: dict[int, list[float]] = field(default_factory=dict)  # request_idx -> deadlines
+    outstanding: int = 0
+    finished: Counter[str] = field(default_factory=Counter)  # by the status it reported
+
+    def state(self, t: float) -> str:
+        if t - self.last_report > self.endpoint.config.report_timeout:
+            return STALE
+        if self.error_msg:
+            return ERRORED
+        return READY if self.loadtime > 0 else LOADING
+
+    def take(self, idx: int, deadline: float) -> None:
+        self.assigned.setdefault(idx, []).append(deadline)
+        self.outstanding += 1
+
+    def done(self, idx: Any) -> bool:
+        """One assignment for ``idx`` finished; False if none was outstanding."""
+        deadlines = self.assigned.get(idx) if isinstance(idx, int) else None
+        if not deadlines:
+            return False
+        deadlines.pop(0)
+        if not deadlines:
+            del self.assigned[idx]
+        self.outstanding -= 1
+        return True
+
+    def expire(self, t: float) -> None:
+        """Assignments never reported finished free their slot after ``assignment_ttl``."""
+        for idx in [i for i, ds in self.assigned.items() if ds[0] <= t]:
+            kept = [d for d in self.assigned[idx] if d > t]
+            self.outstanding -= len(self.assigned[idx]) - len(kept)
+            if kept:
+                self.assigned[idx] = kept
+            else:
+                del self.assigned[idx]
+
+    def forget_assignments(self) -> None:
+        """It restarted: what it was given died with the old process."""
+        self.assigned.clear()
+        self.outstanding = 0
+
+    def snapshot(self, t: float) -> dict[str, Any]:
+        return {"id": self.id, "url": self.url, "state": self.state(t),
+                "loadtime": self.loadtime, "error_msg": self.error_msg,
+                "last_report_age": round(t - self.last_report, 3), "reports": self.reports,
+                "outstanding": self.outstanding, "reported": dict(self.status),
+                "finished": dict(self.finished)}
+
+
 @dataclass(eq=False, slots=True)
 class Issued:
     """An assignment as the router sent it, kept until a worker receives it."""
@@ -172,7 +238,13 @@ class Endpoint:
     spent_reqnums: set[int] = field(default_factory=set)  # assignments a worker received
     spent_texts: set[int] = field(default_factory=set)  # hash(text) of those
     script: deque[dict[str, Any]] = field(default_factory=deque)  # scripted route answers
+    pyworkers: dict[int, PyWorker] = field(default_factory=dict)  # by CONTAINER_ID
     next_reqnum: int = 0
+
+    @property
+    def real_workers(self) -> bool:
+        """Workers are real PyWorkers that report in, not simulated ones."""
+        return self.config.workers_from == "pyworker"
 
     def issue(self, rec: Issued) -> None:
         self.issued[rec.text] = rec
@@ -196,6 +268,12 @@ class Endpoint:
 
     def counts(self) -> dict[str, int]:
         c = {READY: 0, LOADING: 0, STOPPED: 0}
+        if self.real_workers:
+            t = now()
+            for pw in self.pyworkers.values():
+                state = pw.state(t)
+                c[state if state in c else STOPPED] += 1
+            return c
         for w in self.workers:
             c[w.state] += 1
         return c
@@ -203,16 +281,32 @@ class Endpoint:
     def status_text(self) -> str:
         """Free text, as Vast's: callers must show it, never parse it."""
         c = self.counts()
+        extra = ""
+        if self.real_workers:
+            t = now()
+            states = [(pw.state(t), pw.outstanding) for pw in self.pyworkers.values()]
+            idle = sum(1 for state, load in states if state == READY and load == 0)
+            errored = sum(1 for state, _ in states if state == ERRORED)
+            stale = sum(1 for state, _ in states if state == STALE)
+            extra = (f", {errored} errored" if errored else "") + (
+                f", {stale} not reporting" if stale else "")
+        else:
+            idle = sum(1 for w in self.workers if w.state == READY and w.outstanding == 0)
         if c[READY] == 0 and c[LOADING] == 0:
-            return "Stopped"
-        idle = sum(1 for w in self.workers if w.state == READY and w.outstanding == 0)
-        return f"{c[LOADING]} loading, {idle} idle, {c[READY] - idle} busy"
+            return "Stopped" + extra
+        return f"{c[LOADING]} loading, {idle} idle, {c[READY] - idle} busy" + extra
 
-    def pick_worker(self, full_too: bool = False) -> Worker | None:
+    def pick_worker(self, full_too: bool = False) -> Worker | PyWorker | None:
         """The least loaded ready worker with a free slot (any ready one if ``full_too``)."""
         cap = math.inf if full_too else self.config.capacity
-        best: Worker | None = None
+        best: Worker | PyWorker | None = None
         best_load = cap
+        if self.real_workers:
+            t = now()
+            for pw in self.pyworkers.values():
+                if pw.outstanding < best_load and pw.state(t) == READY:
+                    best, best_load = pw, pw.outstanding
+            return best
         for w in self.workers:
             if w.state == READY:
                 load = w.outstanding

@@ -23,6 +23,7 @@ from dispatcher.emulator.fleet import (
     Endpoint,
     Fleet,
     Issued,
+    PyWorker,
     Worker,
     canonical,
     now,
@@ -150,21 +151,24 @@ class Router:
         for w in ep.workers_to_start():
             self.workers.start_cold(w, ep.config.cold_start)
         self.fleet.stats.route["no_worker"] += 1
-        answer = {"endpoint": ep.name, "status": ep.status_text(),
-                  "__request_id": self._request_id()}
+        answer: dict[str, Any] = {"endpoint": ep.name, "status": ep.status_text(),
+                                  "__request_id": self._request_id()}
         if ep.config.answer_shape == "live":
             answer["request_idx"] = idx
         return answer
 
-    def _assignment(self, ep: Endpoint, worker: Worker, cost: float, idx: int,
+    def _assignment(self, ep: Endpoint, worker: Worker | PyWorker, cost: float, idx: int,
                     script: dict[str, Any] | None = None) -> dict[str, Any]:
         fleet, st = self.fleet, self.fleet.stats
         ep.pending.pop(idx, None)
         ep.next_reqnum += 1
         reqnum = ep.next_reqnum
         t = now()
-        worker.expected[reqnum] = t + ep.config.assignment_ttl
-        worker.last_active = t
+        if isinstance(worker, PyWorker):
+            worker.take(idx, t + ep.config.assignment_ttl)
+        else:
+            worker.expected[reqnum] = t + ep.config.assignment_ttl
+            worker.last_active = t
         answer: dict[str, Any] = {"endpoint": ep.name, "url": worker.url, "cost": cost,
                                   "reqnum": reqnum, "signature": fleet.key.sign(worker.url)}
         shape = ep.config.answer_shape
@@ -176,7 +180,8 @@ class Router:
         else:
             answer = _edited(answer, script)
             required = required_auth(shape, answer)
-        ep.issue(Issued(reqnum, worker, answer, canonical(answer), required, t))
+        if isinstance(worker, Worker):  # a real PyWorker checks for itself
+            ep.issue(Issued(reqnum, worker, answer, canonical(answer), required, t))
         st.route["assigned"] += 1
         st.assignments += 1
         return answer

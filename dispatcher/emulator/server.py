@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from dispatcher.emulator.config import ConfigError, EmulatorConfig, EndpointConfig, check_integer
+from dispatcher.emulator.controlplane import ControlPlane
 from dispatcher.emulator.fleet import LOADING, READY, STOPPED, Endpoint, Fleet, now
 from dispatcher.emulator.router import Router
 from dispatcher.emulator.scripts import parse_script
@@ -34,6 +35,7 @@ TICK = 0.05  # housekeeping period: assignment expiry, scale to zero
 PENDING_SWEEP = 0.25  # pending demand lives ~60 s: no need to scan it every tick
 CALL_TIMEOUT = 30.0
 ISSUED_RETENTION = 3600.0  # records of assignments never used are dropped after this
+FIXED_AT_START = ("workers_from",)  # endpoint fields a patch cannot change
 ACTIONS = ("stop_all", "cold_start", "start", "reset_stats", "rotate_key", "script_route")
 
 
@@ -69,6 +71,7 @@ class Emulator:
         self.fleet = Fleet(config, random.Random(config.seed), take_key())
         self.workers = Workers(self.fleet)
         self.router = Router(self.fleet, self.workers)
+        self.control_plane = ControlPlane(self.fleet)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -192,6 +195,10 @@ class Emulator:
         app.router.add_post("/route", self.router.handle)
         app.router.add_get("/pubkey/", self._http_pubkey)
         app.router.add_get("/pubkey", self._http_pubkey)
+        for path in ("/worker_status/", "/worker_status"):
+            app.router.add_post(path, self.control_plane.worker_status)
+        for path in ("/delete_requests/", "/delete_requests"):
+            app.router.add_post(path, self.control_plane.delete_requests)
         app.router.add_get("/_emulator/stats", self._http_stats)
         app.router.add_get("/_emulator/health", self._http_health)
         app.router.add_get("/_emulator/config", self._http_get_config)
@@ -245,6 +252,9 @@ class Emulator:
                     del ep.pending[idx]
             if sweep:
                 ep.forget_issued_before(t - ISSUED_RETENTION)
+                for pw in ep.pyworkers.values():
+                    if pw.outstanding:
+                        pw.expire(t)
             idle_limit = ep.config.inactivity_timeout
             for w in list(ep.workers):
                 expected = w.expected
@@ -270,6 +280,12 @@ class Emulator:
     async def _patch(self, patch: Mapping[str, Any]) -> None:
         fleet = self.fleet
         new = fleet.config.patched(patch)
+        for name in patch.get("endpoints") or {}:
+            old = fleet.config.endpoints.get(name)
+            for fixed in FIXED_AT_START:
+                if old is not None and getattr(old, fixed) != getattr(new.endpoints[name], fixed):
+                    raise ConfigError(f"endpoints.{name}.{fixed}: cannot change on a running "
+                                      f"endpoint; add another endpoint instead")
         fleet.config = new
         if "seed" in patch and new.seed is not None:
             fleet.rng.seed(new.seed)
@@ -337,12 +353,16 @@ class Emulator:
 
     async def _stats(self) -> dict[str, Any]:
         snap = self.fleet.stats.snapshot()
-        snap["endpoints"] = {
-            name: {**ep.counts(), "status": ep.status_text(), "pending": len(ep.pending),
-                   "outstanding": sum(w.outstanding for w in ep.workers),
-                   "scripted_left": len(ep.script)}
-            for name, ep in self.fleet.endpoints.items()
-        }
+        t = now()
+        snap["endpoints"] = {}
+        for name, ep in self.fleet.endpoints.items():
+            workers: list[Any] = list(ep.pyworkers.values()) if ep.real_workers else ep.workers
+            snap["endpoints"][name] = {
+                **ep.counts(), "status": ep.status_text(), "pending": len(ep.pending),
+                "outstanding": sum(w.outstanding for w in workers),
+                "scripted_left": len(ep.script)}
+            if ep.real_workers:
+                snap["endpoints"][name]["pyworkers"] = [pw.snapshot(t) for pw in workers]
         return snap
 
     # --- control HTTP ----------------------------------------------------------------
@@ -357,7 +377,7 @@ class Emulator:
         return web.json_response({"ok": True, "pid": os.getpid()})
 
     async def _http_get_config(self, request: web.Request) -> web.Response:
-        return web.json_response({**self.fleet.config.to_dict(), "api_key": "<redacted>"})
+        return web.json_response(self.fleet.config.redacted())
 
     async def _http_config(self, request: web.Request) -> web.Response:
         try:

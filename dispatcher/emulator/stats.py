@@ -15,12 +15,15 @@ ROUTE_OUTCOMES = ("calls", "assigned", "no_worker", "bad_request", "unauthorized
 WORKER_COUNTERS = ("executions", "succeeded", "failed", "hung", "cancelled",
                    "rejected_signature", "rejected_replay", "rejected_tampered", "malformed",
                    "admission_rejected", "warmup_rejected")
+# Real PyWorkers' reports (docs/emulator.md, "Develop your PyWorker offline").
+PYWORKER_COUNTERS = ("reports", "reports_rejected", "delete_requests", "requests_finished")
 
 
 @dataclass
 class Stats:
     route: Counter[str] = field(default_factory=Counter)
     worker: Counter[str] = field(default_factory=Counter)
+    pyworker: Counter[str] = field(default_factory=Counter)
     executions_by_payload: Counter[str] = field(default_factory=Counter)
     worker_seconds_by_payload: dict[str, float] = field(default_factory=dict)
     route_seconds_total: float = 0.0
@@ -61,4 +64,5 @@ class Stats:
             "duplicate_executions": sum(n - 1 for n in execs.values() if n > 1),
             "worker_seconds_by_payload": dict(self.worker_seconds_by_payload),
             "route_seconds_total": self.route_seconds_total,
+            "pyworker": {k: self.pyworker.get(k, 0) for k in PYWORKER_COUNTERS},
         }

@@ -246,13 +246,13 @@ class Workers:
         elif not isinstance(auth, dict):
             errors["auth_data"] = "must be an object"
         text = canonical(auth) if isinstance(auth, dict) else ""
-        rec = ep.issued.get(text) if auth is not None else None
-        exact = rec is not None
+        exact = ep.issued.get(text) if auth is not None else None  # as issued, verbatim
+        rec = exact
         reqnum = auth.get("reqnum") if isinstance(auth, dict) else None
         if not isinstance(reqnum, int) or isinstance(reqnum, bool):
             reqnum = None
-        exact_replay = not exact and hash(text) in ep.spent_texts
-        replayed = exact_replay or (not exact and reqnum in ep.spent_reqnums)
+        exact_replay = exact is None and hash(text) in ep.spent_texts
+        replayed = exact_replay or (exact is None and reqnum in ep.spent_reqnums)
         if rec is None and reqnum is not None:
             rec = ep.issued_by_reqnum.get(reqnum)  # the same assignment, edited
         if isinstance(auth, dict):
@@ -276,15 +276,15 @@ class Workers:
                     errors["payload"] = {"emulate": str(e)}
         if errors:
             st.worker["malformed"] += 1
-            if exact:
-                self._release_slot(w, rec)
+            if exact is not None:
+                self._release_slot(exact)
             return web.json_response(errors, status=422)
         assert isinstance(auth, dict)
         if w.warmup_left > 0:  # just started: the key or the model is not loaded yet
             w.warmup_left -= 1
             st.worker["warmup_rejected"] += 1
-            if exact:
-                self._release_slot(w, rec)
+            if exact is not None:
+                self._release_slot(exact)
             if (cfg.warmup_errors - w.warmup_left) % 2:
                 return _refused("public key not loaded yet")
             return _text(500, "model not loaded yet")
@@ -295,12 +295,12 @@ class Workers:
         if replayed and cfg.reject_replay:
             st.worker["rejected_replay"] += 1
             return _refused(f"reqnum {reqnum} already used")
-        if cfg.reject_tampered and not exact_replay and not (exact and rec.worker is w):
+        if cfg.reject_tampered and not exact_replay and (exact is None or exact.worker is not w):
             st.worker["rejected_tampered"] += 1
             return _refused(_tamper_reason(w, auth, rec, replayed))
-        if rec is not None and exact:
-            ep.spend(rec)
-            rec.worker.expected.pop(rec.reqnum, None)
+        if exact is not None:
+            ep.spend(exact)
+            exact.worker.expected.pop(exact.reqnum, None)
         elif reqnum is not None:
             ep.spent_reqnums.add(reqnum)
         w.last_active = now()
@@ -311,9 +311,9 @@ class Workers:
             return _text(429, "estimated queue time exceeds max_queue_time")
         return await self._execute(request, w, body["payload"], directives, reqnum)
 
-    def _release_slot(self, w: Worker, rec: Issued) -> None:
+    def _release_slot(self, rec: Issued) -> None:
         """A genuine assignment that arrived but was refused frees its slot at once."""
-        w.expected.pop(rec.reqnum, None)
+        rec.worker.expected.pop(rec.reqnum, None)
 
     async def _execute(self, request: web.Request, w: Worker, payload: Any,
                        directives: dict[str, Any], reqnum: Any) -> web.StreamResponse:
