@@ -252,9 +252,7 @@ class Harness:
             "VAST_ROUTE_URL": emu.route_url,
             "DISPATCHER_QUEUE": queue,
             "DISPATCHER_CONCURRENCY": str(concurrency),
-            # No fleet route budget unless a scenario sets one: the emulator does not
-            # rate-limit those, and the budget's Lua still runs (its cost is measured).
-            "DISPATCHER_ROUTE_RATE": "0",
+            # Default settings unless a scenario or --worker-env sets one.
             **self.extra_env,
             **(extra or {}),
         }

@@ -128,10 +128,11 @@ class Settings:
         "wait in Redis, in order, instead of piling up as duplicates",
         shown="max(256, 4 x concurrency)")
     route_rate: float = setting(
-        50.0, "DISPATCHER_ROUTE_RATE",
-        "the whole fleet's `/route/` calls per second, per endpoint, shared through Redis; "
-        "`0` = none configured: the fleet learns Vast's limit from its 429s and probes above "
-        "it now and then", check=_non_negative)
+        0.0, "DISPATCHER_ROUTE_RATE",
+        "`0`: no limit until Vast answers 429, then the fleet keeps to the rate Vast let "
+        "through and probes above it now and then; `N`: the whole fleet's `/route/` calls "
+        "per second, per endpoint, shared through Redis (your key's limit, if you know it)",
+        check=_non_negative)
     route_burst: float = setting(0.0, "DISPATCHER_ROUTE_BURST",
                                  "route calls the budget allows at once",
                                  shown="rate / 5, at least 3")

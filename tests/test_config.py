@@ -8,11 +8,14 @@ from dispatcher.config import Settings
 
 
 def test_fleet_defaults() -> None:
+    # No hidden throttle: no configured route rate (the fleet learns one from 429s).
     s = Settings.from_env({})
-    assert (s.route_rate, s.route_burst, s.route_recover) == (50.0, 10.0, 10.0)
+    assert (s.route_rate, s.route_burst, s.route_recover) == (0.0, 3.0, 10.0)
     assert s.webhook_secret is None and s.webhook_attempts == 8 and not s.task_events
     b = s.route_budget()
-    assert (b.rate, b.burst, b.pause_base, b.pause_cap) == (50.0, 10.0, s.poll_base, s.poll_cap)
+    assert (b.rate, b.burst, b.pause_base, b.pause_cap) == (0.0, 3.0, s.poll_base, s.poll_cap)
+    s = Settings.from_env({"DISPATCHER_ROUTE_RATE": "50"})
+    assert (s.route_rate, s.route_burst) == (50.0, 10.0)
 
 
 def test_fleet_values_from_the_environment() -> None:

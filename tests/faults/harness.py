@@ -26,9 +26,6 @@ FAST_POLLING = {
     "DISPATCHER_MOVER_INTERVAL": "0.05",
     "DISPATCHER_PUBLISH_GRACE": "5",
     "VAST_ROUTE_TIMEOUT": "5",
-    # The emulator here does not rate-limit /route/, and these scenarios time recovery
-    # from faults: a budget well above their load (tests/fleet/ covers the budget).
-    "DISPATCHER_ROUTE_RATE": "500",
 }
 
 REPORTS: list[Report] = []
