@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from celery import Celery
@@ -15,11 +14,14 @@ from dispatcher.config import Settings, get_settings
 from dispatcher.errors import WaitTimeout
 from dispatcher.model import Envelope, Job, Status
 from dispatcher.store import Store, connect, hook_envelope
-from dispatcher.validation import check_job, check_job_id, check_webhook
+from dispatcher.submission import first_of_each, new_job, new_jobs
 from dispatcher.worker.app import make_app
 from dispatcher.worker.publish import CeleryPublisher
 
 log = logging.getLogger("dispatcher.client")
+
+# Jobs per pipelined round trip in submit_many.
+SUBMIT_CHUNK = 500
 
 
 class Client:
@@ -53,42 +55,48 @@ class Client:
         "succeeded", "failed", "expired", "cancelled").
         Raises ``InvalidJob`` (a ``ValueError``) naming the bad field.
         """
-        s = self.settings
-        spec = check_job(
-            s, endpoint, payload, cost=cost, path=path,
-            max_wait=s.default_max_wait if max_wait is None else max_wait,
-            timeout=s.default_timeout if timeout is None else timeout,
-            priority=priority,
-        )
-        hook = None if webhook is None else check_webhook(s, webhook, webhook_events)
-        job_id = uuid.uuid4().hex if job_id is None else check_job_id(job_id)
-        fields = {
-            "id": job_id,
-            "status": Status.QUEUED,
-            "endpoint": spec.endpoint,
-            "cost": spec.cost,
-            "path": spec.path,
-            "payload": spec.payload_json,
-            "max_wait": spec.max_wait,
-            "timeout": spec.timeout,
-            "priority": spec.priority,
-            "queue": s.queue,
-        }
-        if hook:
-            fields.update(webhook=hook[0], webhook_events=hook[1])
-        if not self.store.create(job_id, fields, s.publish_grace):
-            return job_id  # already submitted: same job, never a second run
+        job = new_job(self.settings, endpoint, payload, path=path, cost=cost,
+                      max_wait=max_wait, timeout=timeout, priority=priority, job_id=job_id,
+                      webhook=webhook, webhook_events=webhook_events)
+        if self.store.create(job.id, job.fields, self.settings.publish_grace):
+            self._publish_new([job.envelope])
+        # else: already submitted: same job, never a second run
+        return job.id
+
+    def submit_many(self, jobs: Iterable[Mapping[str, Any]], chunk: int = SUBMIT_CHUNK
+                    ) -> list[str]:
+        """Queue many jobs (mappings of ``submit``'s arguments); returns their ids in order.
+
+        Every job is checked before anything is written: a bad one raises ``InvalidJob``
+        naming its index and field (``jobs[3].cost: ...``). Then one pipelined round trip
+        per ``chunk`` jobs; each is idempotent on its own ``job_id``.
+        """
+        return [job_id for part in self.submit_chunks(jobs, chunk) for job_id in part]
+
+    def submit_chunks(self, jobs: Iterable[Mapping[str, Any]], chunk: int = SUBMIT_CHUNK
+                      ) -> Iterator[list[str]]:
+        """``submit_many`` one chunk at a time (for progress bars): all jobs are checked
+        before the first chunk is written."""
+        checked = new_jobs(self.settings, jobs)
+        for i in range(0, len(checked), max(1, chunk)):
+            part = checked[i:i + max(1, chunk)]
+            created = self.store.create_many([(j.id, j.fields) for j in part],
+                                             self.settings.publish_grace)
+            self._publish_new(first_of_each(part, created))
+            yield [j.id for j in part]
+
+    def _publish_new(self, envelopes: list[Envelope]) -> None:
+        if not envelopes:
+            return
         try:
-            self.publisher.publish([Envelope("dispatch", job_id, 0, spec.priority,
-                                             spec.endpoint)])
+            self.publisher.publish(envelopes)
         except Exception as e:
-            # The job is safe in Redis: the waiting set republishes it after the grace.
-            log.warning("job %s stored but not published yet (%s); a worker will pick it up",
-                        job_id, type(e).__name__)
-        return job_id
+            # The jobs are safe in Redis: the waiting set republishes them after the grace.
+            log.warning("%d job(s) stored but not published yet (%s); a worker will pick "
+                        "them up", len(envelopes), type(e).__name__)
 
     def get_job(self, job_id: str) -> Job:
-        return self.store.get(job_id)
+        return self.store.view(job_id)
 
     def wait(self, job_id: str, timeout: float = 60.0, poll: float = 0.25) -> Job:
         """Block until the job ends; raises ``WaitTimeout`` if it does not in time."""

@@ -7,6 +7,7 @@ Nothing here knows about Celery: what must be published comes back as ``Envelope
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -104,6 +105,34 @@ def _envelopes(task: Task, raw: list[Any]) -> list[Envelope]:
             for i in range(0, len(raw), 4)]
 
 
+def create_call(queue: str, job_id: str, fields: dict[str, Any], grace: float
+                ) -> tuple[list[str], list[Arg]]:
+    """Keys and arguments of the create script (the sync and asyncio stores share them)."""
+    return [keys.JOB(job_id), keys.WAITING(queue)], [job_id, grace, *_flatten(fields)]
+
+
+def finish_call(queue: str, job_id: str, status: str, ttl: int, fields: dict[str, Any],
+                wake: int, grace: float) -> tuple[list[str], list[Arg]]:
+    """Keys and arguments of the finish script (the sync and asyncio stores share them)."""
+    return ([keys.JOB(job_id), keys.WAITING(queue), keys.HOOKS(queue)],
+            [job_id, status, ttl, grace, wake, *_flatten(fields)])
+
+
+def parse_finish(raw: list[Any]) -> Finish:
+    return Finish(raw[0], bool(int(raw[1])), _envelopes("dispatch", raw[2:]))
+
+
+# The job hash's fields a Job shows: everything but the payload (up to megabytes,
+# needed only by the worker that forwards it).
+VIEW_FIELDS = (*(f.name for f in dataclasses.fields(Job) if f.name != "id"), "result_type")
+
+
+def view_from(job_id: str, values: list[str | None]) -> Job:
+    """The Job of an HMGET of ``VIEW_FIELDS``; unknown when the hash is gone."""
+    h = {k: v for k, v in zip(VIEW_FIELDS, values, strict=True) if v is not None}
+    return Job.from_hash(job_id, h)
+
+
 def hook_envelope(job_id: str, priority: int = 0, endpoint: str = "") -> Envelope:
     """The first message of a webhook delivery ``finish`` queued."""
     return Envelope("webhook", job_id, keys.FIRST_WEBHOOK_SEQ, priority, endpoint)
@@ -137,8 +166,25 @@ class Store:
 
     def create(self, job_id: str, fields: dict[str, Any], grace: float) -> bool:
         """False if the id exists: a repeated submit is the same job."""
-        args: list[Arg] = [job_id, grace, *_flatten(fields)]
-        return bool(self._create(keys=[keys.JOB(job_id), self.waiting], args=args))
+        k, args = create_call(self.queue, job_id, fields, grace)
+        return bool(self._create(keys=k, args=args))
+
+    def create_many(self, jobs: list[tuple[str, dict[str, Any]]], grace: float) -> list[bool]:
+        """``create`` for many jobs in one pipelined round trip; True where new."""
+        p = self.redis.pipeline(transaction=False)
+        for job_id, fields in jobs:
+            k, args = create_call(self.queue, job_id, fields, grace)
+            p.evalsha(self._create.sha, len(k), *k, *args)
+        raw = p.execute(raise_on_error=False)
+        missing = [i for i, r in enumerate(raw) if isinstance(r, redis.exceptions.NoScriptError)]
+        if missing:  # Redis restarted or flushed its scripts: those did not run
+            for i in missing:
+                job_id, fields = jobs[i]
+                raw[i] = self.create(job_id, fields, grace)
+        for r in raw:
+            if isinstance(r, Exception):
+                raise r
+        return [bool(r) for r in raw]
 
     def claim(self, job_id: str, seq: int, lease: float, token: str, poll_cap: float = 5.0
               ) -> Claim:
@@ -227,6 +273,11 @@ class Store:
 
     def get(self, job_id: str) -> Job:
         return Job.from_hash(job_id, cast(dict[str, str], self.redis.hgetall(keys.JOB(job_id))))
+
+    def view(self, job_id: str) -> Job:
+        """The job as an app sees it, without reading its payload."""
+        return view_from(job_id, cast(list[str | None],
+                                      self.redis.hmget(keys.JOB(job_id), VIEW_FIELDS)))
 
     def counts(self, endpoint: str) -> dict[str, int]:
         """Jobs now queued/waiting/running, and totals that ended each way."""

@@ -1,0 +1,238 @@
+"""The client API for asyncio apps (FastAPI, Starlette, aiohttp), on ``redis.asyncio``.
+
+    from dispatcher import aio
+
+    job_id = await aio.submit("my-endpoint", {"prompt": "hi"}, path="/v1/completions")
+    job = await aio.wait(job_id, timeout=60)
+
+The same arguments, checks and errors as ``dispatcher.submit`` and friends (both build
+jobs with ``dispatcher.submission``). Redis is awaited, never called from the event loop;
+the Celery message is published from a small thread pool, because Celery's producer is
+synchronous (see ``AsyncClient.publish``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from dispatcher.config import Settings, get_settings
+from dispatcher.errors import WaitTimeout
+from dispatcher.model import Envelope, Job, Status
+from dispatcher.store import hook_envelope
+from dispatcher.store.aio import AsyncStore, connect
+from dispatcher.submission import first_of_each, new_job, new_jobs
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from dispatcher.worker.publish import CeleryPublisher
+
+__all__ = ["AsyncClient", "cancel", "cancel_many", "default_client", "get_job", "submit",
+           "submit_many", "wait"]
+
+SUBMIT_CHUNK = 500  # jobs per pipelined round trip in submit_many
+PUBLISH_THREADS = 4
+
+
+class AsyncClient:
+    """One asyncio Redis pool and one Celery app. Use it from one event loop."""
+
+    def __init__(self, settings: Settings | None = None, app: Celery | None = None,
+                 publish_threads: int = PUBLISH_THREADS) -> None:
+        from dispatcher.worker.app import make_app
+        from dispatcher.worker.publish import CeleryPublisher
+
+        self.settings = settings or get_settings()
+        self.app = app or make_app(self.settings)
+        self.publisher: CeleryPublisher = CeleryPublisher(self.app, self.settings.queue)
+        self.store = AsyncStore(connect(self.settings.redis_url, 64), self.settings.queue)
+        self._threads = ThreadPoolExecutor(publish_threads,
+                                           thread_name_prefix="dispatcher-publish")
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # --- submit ----------------------------------------------------------------------
+
+    async def submit(
+        self,
+        endpoint: str,
+        payload: Any,
+        *,
+        path: str,
+        cost: float = 100.0,
+        max_wait: float | None = None,
+        timeout: float | None = None,
+        priority: int = 0,
+        job_id: str | None = None,
+        webhook: str | None = None,
+        webhook_events: Sequence[str] = ("completed",),
+    ) -> str:
+        """Queue a job; returns its id (see ``dispatcher.submit``)."""
+        job_id, _ = await self.submit_job(
+            endpoint, payload, path=path, cost=cost, max_wait=max_wait, timeout=timeout,
+            priority=priority, job_id=job_id, webhook=webhook, webhook_events=webhook_events)
+        return job_id
+
+    async def submit_job(self, endpoint: Any, payload: Any, **options: Any
+                         ) -> tuple[str, bool]:
+        """``submit`` that also says whether this call created the job (False: the
+        ``job_id`` existed, and the existing job stands)."""
+        job = new_job(self.settings, endpoint, payload, **options)
+        created = await self.store.create(job.id, job.fields, self.settings.publish_grace)
+        if created:
+            await self.publish([job.envelope])
+        return job.id, created
+
+    async def submit_many(self, jobs: Iterable[Mapping[str, Any]], chunk: int = SUBMIT_CHUNK
+                          ) -> list[str]:
+        """Queue many jobs; ids in order (see ``dispatcher.Client.submit_many``)."""
+        return [job_id async for part in self.submit_chunks(jobs, chunk) for job_id in part]
+
+    async def submit_chunks(self, jobs: Iterable[Mapping[str, Any]],
+                            chunk: int = SUBMIT_CHUNK) -> AsyncIterator[list[str]]:
+        """``submit_many`` one chunk at a time; every job is checked before the first
+        chunk is written."""
+        checked = new_jobs(self.settings, jobs)
+        step = max(1, chunk)
+        for i in range(0, len(checked), step):
+            part = checked[i:i + step]
+            created = await self.store.create_many([(j.id, j.fields) for j in part],
+                                                   self.settings.publish_grace)
+            await self.publish(first_of_each(part, created))
+            yield [j.id for j in part]
+
+    async def publish(self, envelopes: list[Envelope]) -> None:
+        """Celery's producer is synchronous, so it runs in this client's threads: a
+        publish is a few hundred microseconds of socket I/O that must not stall the loop.
+        A failed publish loses nothing: the job is in the waiting set, republished by a
+        worker's mover after ``DISPATCHER_PUBLISH_GRACE``."""
+        if not envelopes:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._threads, self.publisher.publish, envelopes)
+        except Exception as e:
+            import logging
+
+            logging.getLogger("dispatcher.aio").warning(
+                "%d message(s) not published now (%s); a worker's mover sends them",
+                len(envelopes), type(e).__name__)
+
+    # --- read, wait, cancel ------------------------------------------------------------
+
+    async def get_job(self, job_id: str) -> Job:
+        return await self.store.view(job_id)
+
+    async def wait(self, job_id: str, timeout: float = 60.0, poll: float = 0.25) -> Job:
+        """Until the job ends; raises ``WaitTimeout`` if it does not in time."""
+        deadline = time.monotonic() + timeout
+        delay = 0.01
+        while True:
+            job = await self.get_job(job_id)
+            if job.done or not job.known:
+                return job
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WaitTimeout(job, timeout)
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 1.5, poll)
+
+    # Streaming (issue 13) goes here: ``async def stream(self, job_id, timeout)``, an
+    # async iterator over the job's Redis Stream, like the sync ``dispatcher.stream``.
+
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel a job that has not ended; True if this call cancelled it."""
+        return bool(await self.cancel_many([job_id]))
+
+    async def cancel_many(self, job_ids: Iterable[str]) -> list[str]:
+        """Cancel jobs that have not ended; returns the ids this call cancelled."""
+        s = self.settings
+        cancelled, hooks = [], []
+        for job_id in job_ids:
+            done = await self.store.finish(
+                job_id, Status.CANCELLED, s.result_ttl,
+                {"error": "cancelled by request", "error_kind": "cancelled"},
+                grace=s.publish_grace)
+            if done.outcome == "ok":
+                cancelled.append(job_id)
+                if done.hook:
+                    hooks.append(hook_envelope(job_id))
+        await self.publish(hooks)
+        return cancelled
+
+    async def stats(self) -> dict[str, Any]:
+        """Per-endpoint queue health (``dispatcher.stats``), read in a thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._threads, self._stats)
+
+    def _stats(self) -> dict[str, Any]:
+        from dispatcher.ops.stats import collect
+        from dispatcher.store import Store
+        from dispatcher.store import connect as sync_connect
+
+        store = getattr(self, "_sync_store", None)
+        if store is None:
+            store = self._sync_store = Store(sync_connect(self.settings.redis_url, 4),
+                                             self.settings.queue, self.settings.route_budget())
+        return collect(store)
+
+    async def ping(self) -> bool:
+        return bool(await self.store.redis.ping())
+
+    async def aclose(self) -> None:
+        await self.store.close()
+        store = getattr(self, "_sync_store", None)
+        if store is not None:
+            store.redis.close()
+        self._threads.shutdown(wait=False)
+
+
+# --- module functions: one client per event loop, built from the environment ----------
+
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncClient] = (
+    weakref.WeakKeyDictionary())
+
+
+def default_client() -> AsyncClient:
+    """The running loop's client (REDIS_URL, DISPATCHER_*), made on first use: a
+    ``redis.asyncio`` connection belongs to the loop it was opened in."""
+    import dispatcher
+
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None:
+        app = dispatcher.get_app()
+        client = _clients[loop] = AsyncClient(app.dispatcher_settings, app)
+    return client
+
+
+async def submit(endpoint: str, payload: Any, **options: Any) -> str:
+    return await default_client().submit(endpoint, payload, **options)
+
+
+async def submit_many(jobs: Iterable[Mapping[str, Any]]) -> list[str]:
+    return await default_client().submit_many(jobs)
+
+
+async def get_job(job_id: str) -> Job:
+    return await default_client().get_job(job_id)
+
+
+async def wait(job_id: str, timeout: float = 60.0) -> Job:
+    return await default_client().wait(job_id, timeout=timeout)
+
+
+async def cancel(job_id: str) -> bool:
+    return await default_client().cancel(job_id)
+
+
+async def cancel_many(job_ids: Iterable[str]) -> list[str]:
+    return await default_client().cancel_many(job_ids)
