@@ -23,6 +23,7 @@ from dispatcher.errors import (
     ConfigError,
     DispatcherError,
     InvalidJob,
+    JobNotFound,
     RouteError,
     VastError,
     WaitTimeout,
@@ -37,7 +38,8 @@ if TYPE_CHECKING:
     from dispatcher.client import Client
 
 __all__ = [
-    "STATUSES", "Client", "ConfigError", "DispatcherError", "InvalidJob", "Job", "RouteError",
+    "STATUSES", "Client", "ConfigError", "DispatcherError", "InvalidJob", "Job", "JobNotFound",
+    "RouteError",
     "Settings", "Status", "VastError", "WaitTimeout", "WebhookSignatureError", "WorkerError",
     "app", "cancel", "cancel_many", "get_job", "purge", "stats", "submit", "wait",
 ]

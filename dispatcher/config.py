@@ -151,6 +151,21 @@ class Settings:
     task_events: bool = setting(False, "DISPATCHER_TASK_EVENTS",
                                 "`1` sends Celery task events (Flower); the same as "
                                 "`dispatcher worker --events`", shown="off")
+    max_waiters: int = setting(
+        1000, "DISPATCHER_MAX_WAITERS",
+        "`wait()` calls blocked at once per client (each holds a Redis connection of its own "
+        "pool until the job ends; more queue for one)", check=_at_least_one)
+    gateway_token: str | None = setting(
+        None, "DISPATCHER_GATEWAY_TOKEN",
+        "Bearer token the HTTP gateway requires (`dispatcher gateway` refuses to start "
+        "without one, unless bound to loopback with `--no-auth`)", shown="(none)",
+        secret=True)
+    gateway_max_body: int = setting(16 * 1024 * 1024, "DISPATCHER_GATEWAY_MAX_BODY",
+                                    "the largest request body the gateway reads (413 above)",
+                                    check=_positive, shown="16 MiB")
+    gateway_max_wait: float = setting(60.0, "DISPATCHER_GATEWAY_MAX_WAIT",
+                                      "the longest `?wait=` a gateway long-poll may hold, "
+                                      "seconds", check=_positive)
 
     def __post_init__(self) -> None:
         for f in fields(self):

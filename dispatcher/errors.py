@@ -43,6 +43,22 @@ class WaitTimeout(DispatcherError, TimeoutError):
         self.job = job
 
 
+class JobNotFound(DispatcherError, LookupError):
+    """``wait`` on a job that does not exist (any more): never submitted, its result
+    expired (``DISPATCHER_RESULT_TTL``), or Redis lost it (an eviction policy other than
+    ``noeviction``, or a restart without AOF)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            f"no job with id {job_id!r}: never submitted, its result expired "
+            "(DISPATCHER_RESULT_TTL), or Redis lost it (run Redis with "
+            "maxmemory-policy noeviction and AOF on)")
+        self.job_id = job_id
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.job_id,))
+
+
 class WebhookSignatureError(DispatcherError, ValueError):
     """A webhook that fails verification; the message names the header and the problem."""
 

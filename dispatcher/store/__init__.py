@@ -34,6 +34,9 @@ REDIS_RETRIES = 40
 
 Arg = str | int | float  # what a script argument may be
 
+# A blocking call's shortest timeout: Redis reads 0 as "forever".
+WAIT_SLICE_MIN = 0.01
+
 
 def connect(url: str, max_connections: int = 64) -> redis.Redis:
     """A Redis client that blocks for a free connection and retries through restarts."""
@@ -278,6 +281,18 @@ class Store:
         """The job as an app sees it, without reading its payload."""
         return view_from(job_id, cast(list[str | None],
                                       self.redis.hmget(keys.JOB(job_id), VIEW_FIELDS)))
+
+    def wait_end(self, job_id: str, timeout: float, client: redis.Redis | None = None
+                 ) -> str | None:
+        """Block until the job's end notice (lib/notify.lua) or ``timeout``; the end
+        status, or None. One command, answered at once if the job ended within
+        ``NOTIFY_TTL``. ``client``: a pool for blocking calls, so waiters never take
+        the connections submits need."""
+        r = client or self.redis
+        k = keys.DONE(job_id)
+        block = round(max(WAIT_SLICE_MIN, timeout), 3)
+        # redis-py types the timeout int; Redis takes decimal seconds.
+        return cast(str | None, r.blmove(k, k, block, "LEFT", "LEFT"))  # type: ignore[arg-type]
 
     def counts(self, endpoint: str) -> dict[str, int]:
         """Jobs now queued/waiting/running, and totals that ended each way."""
