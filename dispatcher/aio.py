@@ -20,12 +20,14 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+import redis.asyncio as aredis
+
 from dispatcher.config import Settings, get_settings
-from dispatcher.errors import WaitTimeout
 from dispatcher.model import Envelope, Job, Status
 from dispatcher.store import hook_envelope
 from dispatcher.store.aio import AsyncStore, connect
 from dispatcher.submission import first_of_each, new_job, new_jobs
+from dispatcher.waits import RECHECK, next_block
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -53,6 +55,7 @@ class AsyncClient:
         self.store = AsyncStore(connect(self.settings.redis_url, 64), self.settings.queue)
         self._threads = ThreadPoolExecutor(publish_threads,
                                            thread_name_prefix="dispatcher-publish")
+        self._waits: aredis.Redis | None = None
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -132,19 +135,22 @@ class AsyncClient:
     async def get_job(self, job_id: str) -> Job:
         return await self.store.view(job_id)
 
-    async def wait(self, job_id: str, timeout: float = 60.0, poll: float = 0.25) -> Job:
-        """Until the job ends; raises ``WaitTimeout`` if it does not in time."""
+    async def wait(self, job_id: str, timeout: float = 60.0, recheck: float = RECHECK
+                   ) -> Job:
+        """Until the job ends, woken by its end (see ``dispatcher.waits``); raises
+        ``WaitTimeout`` if it does not in time, ``JobNotFound`` if there is no such job."""
         deadline = time.monotonic() + timeout
-        delay = 0.01
-        while True:
-            job = await self.get_job(job_id)
-            if job.done or not job.known:
-                return job
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise WaitTimeout(job, timeout)
-            await asyncio.sleep(min(delay, left))
-            delay = min(delay * 1.5, poll)
+        job = await self.store.view(job_id)
+        while (block := next_block(job, deadline - time.monotonic(), timeout, recheck)):
+            await self.store.wait_end(job_id, block, self._blocking())
+            job = await self.store.view(job_id)
+        return job
+
+    def _blocking(self) -> aredis.Redis:
+        """Blocking calls get a pool of their own: waits never starve submits."""
+        if self._waits is None:
+            self._waits = connect(self.settings.redis_url, self.settings.max_waiters)
+        return self._waits
 
     # Streaming (issue 13) goes here: ``async def stream(self, job_id, timeout)``, an
     # async iterator over the job's Redis Stream, like the sync ``dispatcher.stream``.
@@ -189,6 +195,8 @@ class AsyncClient:
 
     async def aclose(self) -> None:
         await self.store.close()
+        if self._waits is not None:
+            await self._waits.aclose()
         store = getattr(self, "_sync_store", None)
         if store is not None:
             store.redis.close()

@@ -70,9 +70,22 @@ def cmd_submit(a: argparse.Namespace) -> int:
     if not a.wait:
         print(job_id)
         return EXIT_OK
-    job = _client().wait(job_id, timeout=a.wait_timeout)
+    job = _wait(job_id, a.wait_timeout)
+    if job is None:
+        return EXIT_JOB_FAILED
     _print_json(job.to_dict())
     return _job_exit(job)
+
+
+def _wait(job_id: str, timeout: float) -> Any:
+    """The ended job, or None (said on stderr) when there is no such job (any more)."""
+    from dispatcher.errors import JobNotFound
+
+    try:
+        return _client().wait(job_id, timeout=timeout)
+    except JobNotFound as e:
+        print(f"dispatcher: {e}", file=sys.stderr)
+        return None
 
 
 def cmd_status(a: argparse.Namespace) -> int:
@@ -84,8 +97,9 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 
 def cmd_result(a: argparse.Namespace) -> int:
-    client = _client()
-    job = client.wait(a.job_id, timeout=a.timeout) if a.wait else client.get_job(a.job_id)
+    job = _wait(a.job_id, a.timeout) if a.wait else _client().get_job(a.job_id)
+    if job is None:
+        return EXIT_JOB_FAILED
     if job.status == "succeeded":
         print(job.result if isinstance(job.result, str) else json.dumps(job.result, indent=2))
         return EXIT_OK

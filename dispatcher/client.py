@@ -4,17 +4,19 @@ wait for it, cancel it."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import redis
 from celery import Celery
 
 from dispatcher.config import Settings, get_settings
-from dispatcher.errors import WaitTimeout
 from dispatcher.model import Envelope, Job, Status
 from dispatcher.store import Store, connect, hook_envelope
 from dispatcher.submission import first_of_each, new_job, new_jobs
+from dispatcher.waits import RECHECK, next_block
 from dispatcher.worker.app import make_app
 from dispatcher.worker.publish import CeleryPublisher
 
@@ -33,6 +35,8 @@ class Client:
         self.store = Store(connect(self.settings.redis_url, 32), self.settings.queue,
                            self.settings.route_budget())
         self.publisher = CeleryPublisher(self.app, self.settings.queue)
+        self._waits: redis.Redis | None = None
+        self._lock = threading.Lock()
 
     def submit(
         self,
@@ -98,19 +102,28 @@ class Client:
     def get_job(self, job_id: str) -> Job:
         return self.store.view(job_id)
 
-    def wait(self, job_id: str, timeout: float = 60.0, poll: float = 0.25) -> Job:
-        """Block until the job ends; raises ``WaitTimeout`` if it does not in time."""
+    def wait(self, job_id: str, timeout: float = 60.0, recheck: float = RECHECK) -> Job:
+        """Block until the job ends, woken by its end (see ``dispatcher.waits``): three
+        Redis commands for a job that ends within ``recheck`` seconds.
+
+        Raises ``WaitTimeout`` if it does not end in time, ``JobNotFound`` if there is no
+        such job (any more).
+        """
         deadline = time.monotonic() + timeout
-        delay = 0.01
-        while True:
-            job = self.get_job(job_id)
-            if job.done or not job.known:
-                return job
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise WaitTimeout(job, timeout)
-            time.sleep(min(delay, left))
-            delay = min(delay * 1.5, poll)
+        job = self.store.view(job_id)
+        while (block := next_block(job, deadline - time.monotonic(), timeout, recheck)):
+            self.store.wait_end(job_id, block, self._blocking())
+            job = self.store.view(job_id)
+        return job
+
+    def _blocking(self) -> redis.Redis:
+        """The pool for blocking calls (made on first use), apart from the one submits
+        use: a thousand threads waiting must not starve a submit."""
+        if self._waits is None:
+            with self._lock:
+                if self._waits is None:
+                    self._waits = connect(self.settings.redis_url, self.settings.max_waiters)
+        return self._waits
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a job that has not ended. True if this call cancelled it.
@@ -163,3 +176,5 @@ class Client:
 
     def close(self) -> None:
         self.store.redis.close()
+        if self._waits is not None:
+            self._waits.close()

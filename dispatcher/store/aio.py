@@ -17,6 +17,7 @@ from dispatcher.model import Job
 from dispatcher.store import (
     REDIS_RETRIES,
     VIEW_FIELDS,
+    WAIT_SLICE_MIN,
     Finish,
     create_call,
     finish_call,
@@ -81,6 +82,15 @@ class AsyncStore:
         """The job as an app sees it, without reading its payload."""
         values = await self.redis.hmget(keys.JOB(job_id), VIEW_FIELDS)
         return view_from(job_id, cast(list[str | None], values))
+
+    async def wait_end(self, job_id: str, timeout: float, client: aredis.Redis | None = None
+                       ) -> str | None:
+        """``Store.wait_end``: the end status, or None after ``timeout``."""
+        r = client or self.redis
+        k = keys.DONE(job_id)
+        block = round(max(WAIT_SLICE_MIN, timeout), 3)
+        got = await r.blmove(k, k, block, "LEFT", "LEFT")  # type: ignore[arg-type]
+        return cast(str | None, got)
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -78,9 +78,14 @@ COUNTS = Key("counts", "counts:{endpoint}", "HASH: jobs per live state, totals p
 SAMPLES = Key("samples", "samples:{endpoint}:{kind}",
               "LIST of recent wait or run seconds (kind: wait, run)")
 ENDPOINTS = Key("endpoints", "endpoints", "SET of every endpoint a job was submitted for")
+DONE = Key("done", "done:{id}",
+           "LIST of the job's end status, pushed by its terminal write and kept NOTIFY_TTL "
+           "seconds: waiters BLMOVE it onto itself, so every waiter wakes and none takes it")
+EVENTS = Key("events", "events:{id}",
+             "pub/sub channel: the job's new status at each change, for watchers")
 
 KEYS = (JOB, WAITING, HOOKS, PENDING_INDEX, HELD, GATE, CALLS, R429, COUNTS, SAMPLES,
-        ENDPOINTS)
+        ENDPOINTS, DONE, EVENTS)
 
 JOB_PREFIX = JOB("")  # scripts that get ids from a set build job keys from it
 
@@ -100,6 +105,9 @@ FIRST_WEBHOOK_SEQ = 1
 SAMPLES_KEPT = 1000
 # Per-second route counters live this long (stats reads the last 10 s).
 COUNTER_TTL = 60
+# A job's end notice (DONE) lives this long: far more than the gap between a waiter's
+# read of the status and its blocking call. Later waiters read the ended job itself.
+NOTIFY_TTL = 60
 
 # kombu's Redis priority queues: "<queue>" for step 0, "<queue>:<n>" for the others.
 PRIORITY_STEPS = list(range(MAX_PRIORITY + 1))
@@ -159,6 +167,7 @@ def lua_prelude() -> str:
         f"local FIRST_WEBHOOK_SEQ = '{FIRST_WEBHOOK_SEQ}'",
         f"local SAMPLES_KEPT = {SAMPLES_KEPT}",
         f"local COUNTER_TTL = {COUNTER_TTL}",
+        f"local NOTIFY_TTL = {NOTIFY_TTL}",
     ]
     lines += [k.lua() for k in KEYS]
     return "\n".join(lines) + "\n"

@@ -9,6 +9,7 @@ import pytest
 
 from dispatcher.client import Client
 from dispatcher.emulator import Emulator
+from dispatcher.errors import JobNotFound
 
 from .conftest import add_endpoint
 
@@ -145,7 +146,8 @@ def test_idempotent_resubmit_runs_once(client: Client, vast: Emulator) -> None:
 def test_unknown_id_says_unknown(client: Client) -> None:
     job = client.get_job("never-submitted")
     assert job.status == "unknown" and not job.known
-    assert client.wait("never-submitted", timeout=1).status == "unknown"
+    with pytest.raises(JobNotFound):  # issue 11 item 10: wait() raises on unknown
+        client.wait("never-submitted", timeout=1)
     assert not client.cancel("never-submitted")
 
 

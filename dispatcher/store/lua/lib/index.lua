@@ -1,4 +1,4 @@
---! uses: clock
+--! uses: clock notify
 --! Per-endpoint gauges and the pending index, moved with every status change.
 
 -- Jobs of one endpoint not yet on a GPU, most urgent first: priority wins, then age
@@ -12,6 +12,7 @@ end
 -- `dispatcher stats`, and the endpoint's pending index.
 local function index_move(job, id, from, to)
   if from == to then return end
+  notify(id, to) -- waiters and watchers (lib/notify.lua)
   local h = redis.call('HMGET', job, 'endpoint', 'queue', 'priority', 'created_at')
   local ep = h[1]
   if not ep then return end
