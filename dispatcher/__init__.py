@@ -41,7 +41,8 @@ __all__ = [
     "STATUSES", "Client", "ConfigError", "DispatcherError", "InvalidJob", "Job", "JobNotFound",
     "RouteError",
     "Settings", "Status", "VastError", "WaitTimeout", "WebhookSignatureError", "WorkerError",
-    "app", "cancel", "cancel_many", "get_job", "purge", "stats", "submit", "wait",
+    "app", "cancel", "cancel_many", "get_job", "purge", "stats", "submit", "submit_many",
+    "wait",
 ]
 
 _app: Celery | None = None
@@ -87,6 +88,11 @@ def default_client() -> Client:
 
 def submit(endpoint: str, payload: Any, **options: Any) -> str:
     return default_client().submit(endpoint, payload, **options)
+
+
+def submit_many(jobs: Any) -> list[str]:
+    """Queue many jobs (mappings of ``submit``'s arguments); their ids, in order."""
+    return default_client().submit_many(jobs)
 
 
 def get_job(job_id: str) -> Job:

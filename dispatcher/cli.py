@@ -58,6 +58,12 @@ def _job_exit(job: Any) -> int:
 def cmd_submit(a: argparse.Namespace) -> int:
     from dispatcher.errors import InvalidJob
 
+    if a.jsonl is not None:
+        return _submit_jsonl(a)
+    if a.payload is None:
+        return _usage_error("payload: give a JSON file (or - for stdin), or --jsonl FILE")
+    if a.path is None:
+        return _usage_error("path: is required (--path), e.g. /v1/completions")
     payload = _load_payload(a.payload)
     try:
         job_id = _client().submit(
@@ -86,6 +92,95 @@ def _wait(job_id: str, timeout: float) -> Any:
     except JobNotFound as e:
         print(f"dispatcher: {e}", file=sys.stderr)
         return None
+
+
+def _read_jsonl(source: str) -> tuple[list[Any], list[int]]:
+    """The objects of a JSON-lines file (blank lines skipped) and their line numbers."""
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text()
+    except OSError as e:
+        raise SystemExit(_usage_error(f"jsonl: cannot read {source!r}: {e.strerror}")) from None
+    items, lines = [], []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            items.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise SystemExit(_usage_error(f"{source}:{n}: not valid JSON: {e}")) from None
+        lines.append(n)
+    return items, lines
+
+
+def _submit_jsonl(a: argparse.Namespace) -> int:
+    """One job per line (``{"payload": ..., "cost": ...}``: submit's arguments, the
+    command's options as defaults); every line is checked before any job is written."""
+    from dispatcher.errors import InvalidJob
+
+    if a.payload is not None:
+        return _usage_error("payload: give either a payload file or --jsonl, not both")
+    if a.wait:
+        return _usage_error("--wait: not with --jsonl (wait for the printed ids instead)")
+    items, lines = _read_jsonl(a.jsonl)
+    defaults = {k: v for k, v in {
+        "endpoint": a.endpoint, "path": a.path, "cost": a.cost, "max_wait": a.max_wait,
+        "timeout": a.timeout, "priority": a.priority, "webhook": a.webhook,
+        "webhook_events": a.webhook_events}.items() if v is not None}
+    jobs = []
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and "endpoint" in item:
+            return _usage_error(f"{a.jsonl}:{lines[i]}: jobs[{i}].endpoint: the endpoint is "
+                                "the command's ENDPOINT argument")
+        if isinstance(item, dict) and "job_id" in item and a.job_id:
+            return _usage_error("--job-id: not with --jsonl (give each line a job_id)")
+        jobs.append({**defaults, **item} if isinstance(item, dict) else item)
+    client = _client()
+    try:
+        chunks = client.submit_chunks(jobs)
+        first: list[str] = next(chunks, [])
+    except InvalidJob as e:
+        where = e.field.split("]")[0].removeprefix("jobs[")
+        line = f"{a.jsonl}:{lines[int(where)]}: " if where.isdigit() else ""
+        return _usage_error(f"{line}{e}")
+    with _progress(len(jobs)) as advance:
+        for part in (first, *chunks):
+            for job_id in part:
+                print(job_id)
+            sys.stdout.flush()
+            advance(len(part))
+    return EXIT_OK
+
+
+class _progress:
+    """A progress bar on stderr (rich, if installed), else a plain counter."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+        self._bar: Any = None
+
+    def __enter__(self) -> Any:
+        try:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+        except ImportError:
+            return self._count
+        self._bar = Progress(TextColumn("submitting"), BarColumn(), MofNCompleteColumn(),
+                             console=Console(stderr=True), transient=False)
+        self._bar.start()
+        self._task = self._bar.add_task("submit", total=self.total)
+        return self._advance
+
+    def _advance(self, n: int) -> None:
+        self._bar.update(self._task, advance=n)
+
+    def _count(self, n: int) -> None:
+        self.done += n
+        print(f"submitted {self.done}/{self.total}", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
 
 
 def cmd_status(a: argparse.Namespace) -> int:
@@ -228,8 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("submit", help="queue a job; prints its id")
     s.add_argument("endpoint")
-    s.add_argument("payload", help="JSON file with the job's payload, or - for stdin")
-    s.add_argument("--path", required=True, help="worker path, e.g. /v1/completions")
+    s.add_argument("payload", nargs="?", default=None,
+                   help="JSON file with the job's payload, or - for stdin")
+    s.add_argument("--jsonl", default=None, metavar="FILE",
+                   help="many jobs, one JSON object of submit's arguments per line "
+                        "(payload, cost, ...; the options below are defaults); prints the ids")
+    s.add_argument("--path", default=None, help="worker path, e.g. /v1/completions")
     s.add_argument("--cost", type=float, default=100.0)
     s.add_argument("--max-wait", type=float, default=None)
     s.add_argument("--timeout", type=float, default=None)
