@@ -20,7 +20,7 @@ LATENCY_FIELDS = {"fixed": ("seconds",), "uniform": ("low", "high"),
                   "lognormal": ("median", "sigma")}
 
 
-SIMULATED_ONLY = ("workers", "max_workers")  # refused when set on a PyWorker endpoint
+SIMULATED_ONLY = ("workers", "max_workers", "tls")  # refused when set on a PyWorker endpoint
 
 
 class ConfigError(ValueError):
@@ -102,6 +102,7 @@ class EndpointConfig:
     workers_from: str = "emulator"
     mtoken: str | None = None  # the PyWorkers' MASTER_TOKEN; None: the endpoint's name
     report_timeout: float = 30.0  # a PyWorker silent this long is not routed to
+    tls: bool = False  # HTTPS workers under a root CA shaped like Vast's (GET /_emulator/ca.pem)
 
     def __post_init__(self) -> None:
         if self.answer_shape not in ANSWER_SHAPES:
@@ -113,7 +114,7 @@ class EndpointConfig:
         if self.mtoken is not None and (not isinstance(self.mtoken, str) or not self.mtoken):
             raise ConfigError("mtoken: must be a non-empty string or null")
         check_number("report_timeout", self.report_timeout)
-        for name in ("reject_replay", "reject_tampered"):
+        for name in ("reject_replay", "reject_tampered", "tls"):
             check_bool(name, getattr(self, name))
         for name in ("workers", "hang_workers", "warmup_errors"):
             check_integer(name, getattr(self, name))

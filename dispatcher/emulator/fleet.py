@@ -12,6 +12,7 @@ import json
 import math
 import random
 import socket
+import ssl
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from aiohttp import web
 from dispatcher.emulator.config import EmulatorConfig, EndpointConfig
 from dispatcher.emulator.signing import SigningKey
 from dispatcher.emulator.stats import Stats
+from dispatcher.emulator.tls import WorkerTLS
 
 STOPPED, LOADING, READY = "stopped", "loading", "ready"
 ERRORED, STALE = "errored", "stale"  # PyWorkers only: reported an error_msg; stopped reporting
@@ -131,14 +133,14 @@ class Worker:
     runner: web.AppRunner | None = None
     site: web.SockSite | None = None
     timer: asyncio.TimerHandle | None = None
+    ssl_context: ssl.SSLContext | None = None  # HTTPS (the endpoint's tls), fixed at creation
     gate: Gate = field(init=False)
+    url: str = field(init=False)
 
     def __post_init__(self) -> None:
         self.gate = Gate(lambda: self.endpoint.config.concurrency)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def hangs(self) -> bool:
@@ -333,3 +335,9 @@ class Fleet:
     stats: Stats = field(default_factory=Stats)
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
     last_request_idx: int = 0
+    tls: WorkerTLS | None = None  # the root CA, made when first needed
+
+    def worker_tls(self) -> WorkerTLS:
+        if self.tls is None:
+            self.tls = WorkerTLS()
+        return self.tls

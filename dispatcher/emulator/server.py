@@ -27,6 +27,7 @@ from dispatcher.emulator.fleet import LOADING, READY, STOPPED, Endpoint, Fleet, 
 from dispatcher.emulator.router import Router
 from dispatcher.emulator.scripts import parse_script
 from dispatcher.emulator.signing import give_back, take_key
+from dispatcher.emulator.tls import WorkerTLS
 from dispatcher.emulator.workers import BACKLOG, MAX_BODY, Workers
 
 log = logging.getLogger("dispatcher.emulator")
@@ -35,7 +36,7 @@ TICK = 0.05  # housekeeping period: assignment expiry, scale to zero
 PENDING_SWEEP = 0.25  # pending demand lives ~60 s: no need to scan it every tick
 CALL_TIMEOUT = 30.0
 ISSUED_RETENTION = 3600.0  # records of assignments never used are dropped after this
-FIXED_AT_START = ("workers_from",)  # endpoint fields a patch cannot change
+FIXED_AT_START = ("workers_from", "tls")  # endpoint fields a patch cannot change
 ACTIONS = ("stop_all", "cold_start", "start", "reset_stats", "rotate_key", "script_route")
 
 
@@ -100,6 +101,21 @@ class Emulator:
         return self.fleet.config.api_key
 
     @property
+    def ca_pem(self) -> str:
+        """The root CA of HTTPS workers (``tls: true``), PEM, as at ``GET /_emulator/ca.pem``."""
+        return self._tls().ca_pem.decode()
+
+    @property
+    def ca_path(self) -> str:
+        """A file holding ``ca_pem`` until the emulator stops (for ``VAST_CA_BUNDLE``)."""
+        return str(self._tls().ca_path)
+
+    def _tls(self) -> WorkerTLS:
+        if self._key_given_back:  # stopped: a new root now would never be cleaned up
+            raise RuntimeError("emulator not running")
+        return self.fleet.worker_tls()
+
+    @property
     def pubkey_pem(self) -> str:
         """The RSA public key assignments are signed with, as served at ``GET /pubkey/``."""
         return self.fleet.key.public_pem.decode()
@@ -145,6 +161,9 @@ class Emulator:
             self._loop = self._thread = None
             give_back(self.fleet.key)
             self._key_given_back = True
+            if self.fleet.tls is not None:
+                self.fleet.tls.close()
+                self.fleet.tls = None
 
     def __enter__(self) -> Emulator:
         return self.start()
@@ -199,6 +218,7 @@ class Emulator:
             app.router.add_post(path, self.control_plane.worker_status)
         for path in ("/delete_requests/", "/delete_requests"):
             app.router.add_post(path, self.control_plane.delete_requests)
+        app.router.add_get("/_emulator/ca.pem", self._http_ca)
         app.router.add_get("/_emulator/stats", self._http_stats)
         app.router.add_get("/_emulator/health", self._http_health)
         app.router.add_get("/_emulator/config", self._http_get_config)
@@ -369,6 +389,10 @@ class Emulator:
 
     async def _http_stats(self, request: web.Request) -> web.Response:
         return web.json_response(await self._stats())
+
+    async def _http_ca(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.fleet.worker_tls().ca_pem,
+                            content_type="application/x-pem-file")
 
     async def _http_pubkey(self, request: web.Request) -> web.Response:
         return web.Response(body=self.fleet.key.public_pem, content_type="text/plain")

@@ -117,7 +117,10 @@ class Workers:
         limit = ep.config.worker_limit
         while len(ep.workers) < limit:
             sock = bind_port()
-            w = Worker(ep, len(ep.workers), sock, sock.getsockname()[1])
+            index = len(ep.workers)
+            ctx = (self.fleet.worker_tls().server_context(f"{ep.name} worker {index}")
+                   if ep.config.tls else None)
+            w = Worker(ep, index, sock, sock.getsockname()[1], ssl_context=ctx)
             app = web.Application(client_max_size=MAX_BODY)
 
             async def handler(request: web.Request, w: Worker = w) -> web.StreamResponse:
@@ -160,7 +163,8 @@ class Workers:
         try:
             if w.sock is None:
                 w.sock = bind_port(w.port)
-            site = web.SockSite(w.runner, w.sock, backlog=BACKLOG)  # type: ignore[arg-type]
+            site = web.SockSite(w.runner, w.sock, backlog=BACKLOG,  # type: ignore[arg-type]
+                                ssl_context=w.ssl_context)
             await site.start()
         except OSError as e:
             log.warning("emulator: worker %s cannot listen on port %d: %s", w.url, w.port, e)
