@@ -103,6 +103,11 @@ class Settings:
         0.0, "DISPATCHER_VISIBILITY_TIMEOUT",
         "when Redis redelivers an unacked job message; must exceed the max timeout, or a "
         "running job would be delivered twice", shown="max timeout + 300")
+    lease: float = setting(
+        30.0, "DISPATCHER_LEASE",
+        "seconds a worker holds a running job without renewing it (it renews every second "
+        "while the GPU call is open): a job whose worker died runs again after this",
+        check=lambda v: None if v >= 3 else f"must be >= 3 seconds, got {v!r}")
     max_reroutes: int = setting(3, "DISPATCHER_MAX_REROUTES",
                                 "re-routes after worker errors before a job fails",
                                 check=_non_negative)

@@ -14,6 +14,8 @@ import time
 import uuid
 from typing import Any
 
+import redis
+
 from dispatcher.config import Settings
 from dispatcher.errors import (
     InvalidJob,
@@ -23,12 +25,15 @@ from dispatcher.errors import (
     RouteRateLimited,
     RouteRejected,
     VastError,
+    WorkerAborted,
     WorkerBadAnswer,
     WorkerRejected,
     WorkerTimeout,
+    WorkerTLSError,
     WorkerUnavailable,
 )
 from dispatcher.model import RunOutcome, Status
+from dispatcher.net import WATCHDOG
 from dispatcher.runtime import Runtime
 from dispatcher.store import hook_envelope
 from dispatcher.validation import check_job
@@ -64,6 +69,7 @@ class Run:
         self.worker_attempts = int(fields.get("worker_attempts") or 0)
         self.reroutes = int(fields.get("reroutes") or 0)
         self.polls = int(fields.get("polls") or 0)
+        self.gpu_called = False
 
     def counters(self) -> dict[str, Any]:
         return {
@@ -81,7 +87,7 @@ class Run:
         # A success frees a GPU slot: wake the endpoint's most urgent waiting job.
         done = self.rt.store.finish(self.id, status, s.result_ttl, {**self.counters(), **fields},
                                     wake=1 if status == Status.SUCCEEDED else 0,
-                                    grace=s.publish_grace)
+                                    grace=s.publish_grace, token=self.token)
         self.rt.publish(done.woken)
         if done.hook:
             self.rt.publish([hook_envelope(self.id, int(self.f.get("priority") or 0),
@@ -115,6 +121,15 @@ def run_job(rt: Runtime, job_id: str, seq: int) -> RunOutcome:
         return _advance(run)
     except VastError as e:  # a class we did not map: fail clearly rather than loop
         return run.finish(Status.FAILED, str(e), type(e).__name__)
+    except (redis.ConnectionError, redis.TimeoutError):
+        raise  # Redis is away: the job's lease ends and any worker takes it up again
+    except Exception as e:
+        # A bug of ours. Never a silent re-run (the GPU may have done the work): the
+        # job ends, saying what happened; the traceback goes to the log.
+        log.exception("job %s: unexpected %s", job_id, type(e).__name__)
+        where = "after its GPU call started" if run.gpu_called else "before any GPU call"
+        return run.finish(Status.FAILED, f"internal error {where}: {type(e).__name__}: "
+                                         f"{str(e)[:300]}", "internal_error")
 
 
 def _advance(run: Run) -> RunOutcome:
@@ -171,9 +186,10 @@ def _advance(run: Run) -> RunOutcome:
     run.worker_attempts += 1
     run.polls = 0
     rt.record_route_answer(spec.endpoint, "assigned")
-    lease = spec.timeout + s.route_timeout + LEASE_SLACK
+    # Renewed every second while the call is open (Runtime.inflight): a job whose worker
+    # died runs again after DISPATCHER_LEASE, not after its whole timeout.
     running = rt.store.mark_running(
-        run.id, run.token, lease,
+        run.id, run.token, s.lease,
         {"worker_url": answer.url, **run.counters(),
          # Absent from the published schema: keep the one we had, if any.
          "request_idx": answer.request_idx if answer.request_idx is not None else request_idx},
@@ -190,8 +206,11 @@ def _advance(run: Run) -> RunOutcome:
         return run.finish(Status.FAILED, f"invalid job: payload: stored JSON is unreadable: {e}",
                           "invalid_input")
     started = time.monotonic()
+    guard = WATCHDOG.guard(spec.timeout)  # the lease keeper cuts it if the job is cancelled
+    rt.inflight.add(run.id, run.token, guard)
+    run.gpu_called = True
     try:
-        resp = rt.vast.call_worker(answer, spec.path, payload, spec.timeout)
+        resp = rt.vast.call_worker(answer, spec.path, payload, spec.timeout, guard=guard)
     except WorkerUnavailable as e:
         run.reroutes += 1
         if run.reroutes > s.max_reroutes:
@@ -203,8 +222,13 @@ def _advance(run: Run) -> RunOutcome:
         delay = poll_delay(run.reroutes - 1, s.poll_base, s.poll_cap)
         return run.wait(f"re-routing ({run.reroutes}/{s.max_reroutes}) after {e}", delay,
                         worker_status=e.status, request_idx="")
-    except (WorkerTimeout, WorkerRejected, WorkerBadAnswer) as e:
+    except (WorkerTimeout, WorkerRejected, WorkerBadAnswer, WorkerTLSError,
+            WorkerAborted) as e:
+        # A cut call (WorkerAborted) writes nothing if the job was cancelled meanwhile or
+        # another run holds it now: finish says so.
         return run.finish(Status.FAILED, str(e), _kind(e), worker_status=e.status)
+    finally:
+        rt.inflight.remove(run.id)
 
     # 3. Store: first terminal write wins.
     is_json = not isinstance(resp.body, str)
@@ -238,6 +262,8 @@ _KINDS = {
     WorkerTimeout: "worker_timeout",
     WorkerRejected: "worker_rejected",
     WorkerBadAnswer: "worker_bad_answer",
+    WorkerTLSError: "worker_tls",
+    WorkerAborted: "worker_aborted",
 }
 
 

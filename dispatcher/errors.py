@@ -147,3 +147,12 @@ class WorkerTimeout(WorkerError):
 
 class WorkerBadAnswer(WorkerError):
     """The answer cannot be stored (larger than the limit). Permanent."""
+
+
+class WorkerTLSError(WorkerError):
+    """The worker's certificate did not verify: a configuration error (VAST_CA_BUNDLE),
+    not a flaky worker, so it is not re-routed."""
+
+
+class WorkerAborted(WorkerError):
+    """We cut the GPU call on purpose: the job was cancelled, or this run lost its lease."""

@@ -38,7 +38,9 @@ ClaimOutcome = Literal["ok", "deferred", "unknown", "done", "stale", "busy"]
 ScheduleOutcome = Literal["ok", "unknown", "lost", "succeeded", "failed", "expired",
                           "cancelled"]
 # finish: "ok", or the status the job already had (the first terminal write wins).
-FinishOutcome = Literal["ok", "unknown", "succeeded", "failed", "expired", "cancelled"]
+# "lost": the run's lease was taken over; a stale run writes nothing.
+FinishOutcome = Literal["ok", "unknown", "lost", "succeeded", "failed", "expired",
+                        "cancelled"]
 HookOutcome = Literal["ok", "unknown", "done", "stale"]
 # How a webhook attempt went (webhooks/delivery.py), and the delivery's state.
 HookResult = Literal["delivered", "retry", "failed"]

@@ -362,3 +362,31 @@ def test_a_learned_rate_spreads_polls_of_waiting_jobs() -> None:
     assert store.schedule("j0", "t", 0.01, {}) == "ok"
     due = store.redis.zscore(store.waiting, "j0") - time.time()
     assert due >= 0.5 * 50 / learned - 0.1
+
+
+def test_429s_that_do_not_depend_on_our_rate_do_not_spiral_a_learned_rate_down() -> None:
+    """Noise (an outage answering 429 to 40% of calls at any rate) is not a limit: after
+    the first cut the fleet calls a third as often and is refused as often, so the cut is
+    given back and 429s are only delays for a while. A real limit refuses less as the
+    fleet calls less, and keeps its cut (the tests above)."""
+    store = make_store(rate=0.0, recover=1.0, pause_base=0.01, pause_cap=0.01)
+
+    def half_past(sec: int) -> None:  # counters are per second: be mid-way through one
+        while store.now() < sec + 0.5:
+            time.sleep(0.01)
+
+    sec = int(store.now()) + 1
+    half_past(sec)
+    store.redis.set(CALLS("e", sec), 50)  # 100 calls/s so far, 40% refused: a cut
+    levels = [store.record_route_answer("e", "HTTP 429", True) for _ in range(20)]
+    assert max(levels) == 1
+    assert float(store.redis.hget(GATE("e"), "learned")) > 0
+    half_past(sec + 2)  # a fresh window
+    store.redis.set(CALLS("e", sec + 2), 15)  # 30 calls/s, still 40% refused
+    levels = [store.record_route_answer("e", "HTTP 429", True) for _ in range(6)]
+    assert max(levels) == 0
+    gate = store.redis.hgetall(GATE("e"))
+    assert gate["noise_holds"] == "1" and float(gate["noisy_until"]) > store.now() + 5
+    assert store.gate_state("e") == (0, 0.0)  # the cut given back: no limit, as before it
+    for _ in range(20):  # while held, 429s never cut
+        assert store.record_route_answer("e", "HTTP 429", True) == 0

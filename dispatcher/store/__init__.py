@@ -14,6 +14,7 @@ from typing import Any, cast
 
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.client import PubSub
 from redis.retry import Retry
 
 from dispatcher.config import RouteBudget
@@ -115,10 +116,11 @@ def create_call(queue: str, job_id: str, fields: dict[str, Any], grace: float
 
 
 def finish_call(queue: str, job_id: str, status: str, ttl: int, fields: dict[str, Any],
-                wake: int, grace: float) -> tuple[list[str], list[Arg]]:
-    """Keys and arguments of the finish script (the sync and asyncio stores share them)."""
+                wake: int, grace: float, token: str = "") -> tuple[list[str], list[Arg]]:
+    """Keys and arguments of the finish script (the sync and asyncio stores share them).
+    ``token``: the writing run's lease token (a stale run writes nothing); "" for cancels."""
     return ([keys.JOB(job_id), keys.WAITING(queue), keys.HOOKS(queue)],
-            [job_id, status, ttl, grace, wake, *_flatten(fields)])
+            [job_id, status, ttl, grace, wake, token, *_flatten(fields)])
 
 
 def parse_finish(raw: list[Any]) -> Finish:
@@ -164,6 +166,7 @@ class Store:
         self._hook_done = reg(source("hook_done"))
         self._cancel_pending = reg(source("cancel_pending"))
         self._gate_state = reg(source("gate_state"))
+        self._renew = reg(source("renew"))
 
     # --- the job's transitions ---------------------------------------------------------
 
@@ -217,11 +220,29 @@ class Store:
                     self._schedule(keys=[keys.JOB(job_id), self.waiting], args=args))
 
     def finish(self, job_id: str, status: str, ttl: int, fields: dict[str, Any],
-               wake: int = 0, grace: float = 15.0) -> Finish:
-        """The terminal write (the first one wins); ``wake`` waiting jobs get the slot."""
-        args: list[Arg] = [job_id, status, ttl, grace, wake, *_flatten(fields)]
-        raw = self._finish(keys=[keys.JOB(job_id), self.waiting, self.hooks], args=args)
-        return Finish(raw[0], bool(int(raw[1])), _envelopes("dispatch", raw[2:]))
+               wake: int = 0, grace: float = 15.0, token: str = "") -> Finish:
+        """The terminal write (the first one wins); ``wake`` waiting jobs get the slot.
+        A run passes its lease ``token``: if another run took the job over, "lost"."""
+        k, args = finish_call(self.queue, job_id, status, ttl, fields, wake, grace, token)
+        return parse_finish(self._finish(keys=k, args=args))
+
+    def renew(self, leases: list[tuple[str, str]], lease: float) -> dict[str, str]:
+        """Renew (job id, lease token) leases for ``lease`` seconds; returns the jobs
+        whose lease is gone, with their status (the holder cuts their GPU call)."""
+        if not leases:
+            return {}
+        args: list[Arg] = [lease]
+        for job_id, token in leases:
+            args += [job_id, token]
+        return _pairs(self._renew(keys=[self.waiting], args=args))
+
+    def eviction_policy(self) -> str | None:
+        """Redis' maxmemory-policy (None if CONFIG is not allowed, as on some hosts)."""
+        try:
+            got = cast(dict[str, str], self.redis.config_get("maxmemory-policy"))
+        except redis.ResponseError:
+            return None
+        return got.get("maxmemory-policy")
 
     def cancel_pending(self, endpoint: str, ttl: int, grace: float, error: str, kind: str,
                        limit: int = 500) -> tuple[int, int, list[str]]:
@@ -281,6 +302,14 @@ class Store:
         """The job as an app sees it, without reading its payload."""
         return view_from(job_id, cast(list[str | None],
                                       self.redis.hmget(keys.JOB(job_id), VIEW_FIELDS)))
+
+    def subscribe(self, job_id: str, client: redis.Redis | None = None) -> PubSub:
+        """A subscription to the job's status changes (lib/notify.lua publishes them);
+        it holds a connection of ``client``'s pool until closed."""
+        r = client or self.redis
+        sub: PubSub = r.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        sub.subscribe(keys.EVENTS(job_id))
+        return sub
 
     def wait_end(self, job_id: str, timeout: float, client: redis.Redis | None = None
                  ) -> str | None:

@@ -3,13 +3,15 @@
 ``route.py`` asks Vast for a worker, ``forward.py`` sends the job to it,
 ``protocol.py`` is what they say. Every failure is a typed error (``errors.py``)
 that says whether trying again can help, with the server's text but never the key.
+Both calls run on ``dispatcher/net.py``: connections we own, each exchange under a
+hard deadline.
 """
 
 from __future__ import annotations
 
 from dispatcher.config import Settings
+from dispatcher.net import Pool
 from dispatcher.vast.forward import WorkerClient
-from dispatcher.vast.http import make_session
 from dispatcher.vast.protocol import Assignment, NoWorker, WorkerResponse, redact
 from dispatcher.vast.route import RouteClient
 
@@ -17,7 +19,7 @@ __all__ = ["Assignment", "NoWorker", "VastClient", "WorkerResponse", "redact"]
 
 
 class VastClient:
-    """The route and worker clients over one keep-alive session, shared by all threads."""
+    """The route and worker clients over one keep-alive pool, shared by all threads."""
 
     def __init__(
         self,
@@ -31,10 +33,10 @@ class VastClient:
         max_result_bytes: int = 10 * 1024 * 1024,
         connect_timeout: float = 5.0,
     ) -> None:
-        self.session = make_session(pool_size)
-        self.router = RouteClient(self.session, route_url, api_key, route_timeout,
+        self.pool = Pool(pool_size)
+        self.router = RouteClient(self.pool, route_url, api_key, route_timeout,
                                   connect_timeout)
-        self.workers = WorkerClient(self.session, ca_bundle=ca_bundle,
+        self.workers = WorkerClient(self.pool, ca_bundle=ca_bundle,
                                     insecure_worker_tls=insecure_worker_tls,
                                     max_result_bytes=max_result_bytes,
                                     connect_timeout=connect_timeout, secret=api_key)
@@ -61,7 +63,7 @@ class VastClient:
         return f"VastClient(route_url={self.route_url!r})"
 
     def close(self) -> None:
-        self.session.close()
+        self.pool.close()
 
     def __enter__(self) -> VastClient:
         return self

@@ -2,7 +2,8 @@
 
 The body is ``{"auth_data": <the assignment, verbatim>, "payload": ..., "session_id":
 null}``; no key goes to a worker (they are third-party machines). ``timeout`` bounds
-the whole answer, however slowly it arrives.
+the whole exchange, connect to last byte, however slowly the answer arrives: a
+watchdog closes the connection at the deadline (``dispatcher/net.py``).
 """
 
 from __future__ import annotations
@@ -10,23 +11,23 @@ from __future__ import annotations
 import json
 import logging
 import os
+import ssl
 import time
 from typing import Any, NoReturn
-
-import requests
-import urllib3
 
 from dispatcher.errors import (
     RouteBadAnswer,
     VastError,
+    WorkerAborted,
     WorkerBadAnswer,
     WorkerError,
     WorkerRejected,
     WorkerSignatureRejected,
     WorkerTimeout,
+    WorkerTLSError,
     WorkerUnavailable,
 )
-from dispatcher.vast.http import reason
+from dispatcher.net import WATCHDOG, Exchange, Guard, NetError, Pool, Target, Watchdog, worker_tls
 from dispatcher.vast.protocol import (
     DETAIL_LIMIT,
     TEXT_LIMIT,
@@ -44,38 +45,42 @@ READ_CHUNK = 64 * 1024
 
 
 class WorkerClient:
-    def __init__(self, session: requests.Session, *, ca_bundle: str | None = None,
+    def __init__(self, pool: Pool, *, ca_bundle: str | None = None,
                  insecure_worker_tls: bool = False, max_result_bytes: int = 10 * 1024 * 1024,
-                 connect_timeout: float = 5.0, secret: str | None = None) -> None:
+                 connect_timeout: float = 5.0, secret: str | None = None,
+                 watchdog: Watchdog = WATCHDOG, tls: ssl.SSLContext | None = None) -> None:
         if ca_bundle and not os.path.exists(ca_bundle):
-            # requests would raise a bare OSError on every call; fail at startup instead.
+            # Fail at startup, not as an OSError on every call.
             raise ValueError(f"VAST_CA_BUNDLE: no such file or directory: {ca_bundle!r}")
-        self.session = session
+        self.pool = pool
         self.max_result_bytes = max_result_bytes
         self.connect_timeout = connect_timeout
+        self.watchdog = watchdog
         self._secret = secret  # never sent to a worker; redacted from what they say
-        self._verify: bool | str = True
-        if ca_bundle:
-            self._verify = ca_bundle
-            if insecure_worker_tls:
-                log.warning("VAST_INSECURE_WORKER_TLS is ignored: VAST_CA_BUNDLE is set, "
-                            "worker certificates are verified against it")
+        if ca_bundle and insecure_worker_tls:
+            log.warning("VAST_INSECURE_WORKER_TLS is ignored: VAST_CA_BUNDLE is set, "
+                        "worker certificates are verified against it")
+            insecure_worker_tls = False
         elif insecure_worker_tls:
-            self._verify = False
             log.warning(
                 "VAST_INSECURE_WORKER_TLS is on: worker TLS certificates are NOT verified; "
                 "payloads and signed assignments may go to an impostor. Set VAST_CA_BUNDLE "
                 "to Vast's root certificate (jvastai_root.cer) instead."
             )
-            # One warning above instead of one per request (process-wide in urllib3).
-            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+        self.ca_bundle = ca_bundle
+        try:
+            self.tls = tls or worker_tls(ca_bundle, insecure_worker_tls)
+        except ssl.SSLError as e:
+            raise ValueError(f"VAST_CA_BUNDLE: {ca_bundle!r} holds no certificate OpenSSL "
+                             f"can load ({e.reason or e})") from None
 
     def _clean(self, text: str) -> str:
         return redact(text, self._secret)[:TEXT_LIMIT]
 
     def call_worker(self, assignment: Assignment, path: str, payload: Any,
-                    timeout: float) -> WorkerResponse:
-        """POST the job to its assigned worker; ``timeout`` bounds the whole answer."""
+                    timeout: float, guard: Guard | None = None) -> WorkerResponse:
+        """POST the job to its assigned worker. ``timeout`` bounds the whole exchange;
+        ``guard`` (from ``watchdog.guard(timeout)``) lets another thread cut it short."""
         if not path.startswith("/"):
             raise ValueError(f"path: must start with '/', got {path!r}")
         if not timeout > 0:
@@ -88,14 +93,15 @@ class WorkerClient:
         try:
             data = json.dumps({"auth_data": assignment.auth_data, "payload": payload,
                                "session_id": None}, separators=(",", ":"), allow_nan=False)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"payload: not JSON-serialisable: {e}") from None
+        except (TypeError, ValueError, RecursionError) as e:
+            raise ValueError(f"payload: not JSON-serialisable: {type(e).__name__}") from None
         where = self._clean(assignment.url)[:200]
         who = f"worker for endpoint {assignment.auth_data.get('endpoint')!r} at {where}"
         started = time.monotonic()
+        guard = guard or self.watchdog.guard(timeout)
         try:
-            resp = self._call(assignment.url.rstrip("/") + path, data.encode(), who,
-                              started + timeout, timeout)
+            target = Target.parse(assignment.url.rstrip("/") + path)
+            resp = self._call(target, data.encode(), who, guard, timeout, started)
         except VastError as e:
             log.debug("%s%s: %s (status %s) after %.3fs", who, path, type(e).__name__,
                       e.status, time.monotonic() - started)
@@ -103,77 +109,82 @@ class WorkerClient:
         log.debug("%s%s: HTTP %s after %.3fs", who, path, resp.status, resp.elapsed)
         return resp
 
-    def _call(self, url: str, data: bytes, who: str, deadline: float,
-              timeout: float) -> WorkerResponse:
-        started = deadline - timeout
+    def _call(self, target: Target, data: bytes, who: str, guard: Guard, timeout: float,
+              started: float) -> WorkerResponse:
         error: WorkerError | None = None
         try:
             # No Authorization header: the key never goes to a worker.
-            r = self.session.post(
-                url, data=data, headers={"Content-Type": "application/json"},
-                timeout=(self.connect_timeout, timeout), verify=self._verify, stream=True,
-                allow_redirects=False)
-        except requests.ConnectTimeout as e:
-            error = WorkerUnavailable(f"{who}: connect timed out: {reason(e, self._secret)}")
-        except requests.ReadTimeout:
-            error = _timeout(who, timeout)
-        except requests.RequestException as e:
-            error = WorkerUnavailable(f"{who}: connection failed: {reason(e, self._secret)}")
+            ex = self.pool.exchange(
+                "POST", target, body=data, headers={"Content-Type": "application/json"},
+                guard=guard, connect_timeout=self.connect_timeout, read_timeout=timeout,
+                tls=self.tls if target.scheme == "https" else None)
+        except NetError as e:
+            error = self._failed(who, e, timeout)
         if error is not None:
             raise error
-        ok = 200 <= r.status_code < 300
-        try:
-            raw = self._read_body(r, who, deadline, timeout, ok)
-        finally:
-            r.close()
+        with ex:
+            ok = 200 <= ex.status < 300
+            raw = self._read_body(ex, who, timeout, ok)
+            ctype = ex.headers.get("Content-Type")
         elapsed = time.monotonic() - started
         if ok:
-            return WorkerResponse(r.status_code, decode_body(raw, r.headers.get("Content-Type")),
-                                  elapsed)
-        text = self._clean(decode_text(raw, r.headers.get("Content-Type")))
-        self._raise_for_status(who, r.status_code, text)
+            try:
+                body = decode_body(raw, ctype)
+            except RecursionError:  # JSON nested too deeply to parse: keep it as text
+                body = decode_text(raw, ctype)
+            return WorkerResponse(ex.status, body, elapsed)
+        self._raise_for_status(who, ex.status, self._clean(decode_text(raw, ctype)))
 
-    def _read_body(self, r: requests.Response, who: str, deadline: float, timeout: float,
-                   ok: bool) -> bytes:
-        """Read bytes as they arrive, each wait bounded by what is left of the deadline.
+    def _failed(self, who: str, e: NetError, timeout: float) -> WorkerError:
+        """What a failure before the worker's status line means for the job."""
+        detail = self._clean(str(e))[:300]
+        if e.kind == "aborted":
+            return WorkerAborted(f"{who}: GPU call interrupted ({detail})")
+        if e.kind == "tls":
+            hint = (f"VAST_CA_BUNDLE={self.ca_bundle!r} does not verify it" if self.ca_bundle
+                    else "set VAST_CA_BUNDLE to Vast's root certificate (jvastai_root.cer)")
+            return WorkerTLSError(f"{who}: TLS verification failed: {detail}; {hint}")
+        if e.kind == "deadline" and e.sent:
+            return _timeout(who, timeout)
+        if e.kind in ("deadline", "connect_timeout"):
+            return WorkerUnavailable(f"{who}: connect timed out: {detail}")
+        return WorkerUnavailable(f"{who}: connection failed: {detail}")
+
+    def _read_body(self, ex: Exchange, who: str, timeout: float, ok: bool) -> bytes:
+        """Read bytes as they arrive, within the exchange's deadline.
 
         An error answer is only quoted, so past ``TEXT_LIMIT`` bytes it is cut, not refused.
         """
         limit = self.max_result_bytes if ok else 2 * TEXT_LIMIT
-        length = r.headers.get("Content-Length", "")
+        length = ex.headers.get("Content-Length", "")
         if ok and length.isdigit() and int(length) > limit:
-            raise _too_large(who, r.status_code, limit)
+            raise _too_large(who, ex.status, limit)
         chunks: list[bytes] = []
         size = 0
         error: WorkerError | None = None
         try:
             while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    error = _timeout(who, timeout)
-                    break
-                sock = getattr(r.raw.connection, "sock", None)  # None once fully read
-                if sock is not None:
-                    sock.settimeout(left)
-                chunk = r.raw.read1(READ_CHUNK, decode_content=True)
+                chunk = ex.read1(READ_CHUNK)
                 if not chunk:
                     break
                 size += len(chunk)
                 if size > limit:
                     if ok:
-                        error = _too_large(who, r.status_code, limit)
+                        error = _too_large(who, ex.status, limit)
                     else:
                         chunks.append(chunk[: limit - size + len(chunk)])
                     break
                 chunks.append(chunk)
-        except urllib3.exceptions.ReadTimeoutError:
-            error = _timeout(who, timeout)
-        except (urllib3.exceptions.HTTPError, OSError) as e:
-            if ok:  # the worker answered success, so it ran the job; the answer is lost
+        except NetError as e:
+            if e.kind == "aborted":
+                error = WorkerAborted(f"{who}: GPU call interrupted mid-answer "
+                                      f"({self._clean(str(e))[:200]})", ex.status)
+            elif e.kind == "deadline":
+                error = _timeout(who, timeout)
+            elif ok:  # the worker answered success, so it ran the job; the answer is lost
                 error = WorkerTimeout(
-                    f"{who}: connection broke mid-answer after HTTP {r.status_code} "
-                    f"({type(e).__name__}); the GPU did the work, so running the job again "
-                    "may run it twice", r.status_code)
+                    f"{who}: connection broke mid-answer after HTTP {ex.status}; the GPU "
+                    "did the work, so running the job again may run it twice", ex.status)
             # else: keep the partial error text; the status decides
         if error is not None:
             raise error

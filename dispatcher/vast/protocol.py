@@ -16,10 +16,19 @@ TEXT_LIMIT = 2000  # characters of server text kept on an error
 DETAIL_LIMIT = 500  # characters of it quoted in the message
 
 
+def secret_forms(secret: str) -> list[str]:
+    """The ways a secret shows up in error texts: as is, escaped (repr, JSON), quoted."""
+    forms = {secret, repr(secret)[1:-1], json.dumps(secret)[1:-1],
+             secret.encode("unicode_escape").decode("ascii", "replace")}
+    return sorted((f for f in forms if f), key=len, reverse=True)
+
+
 def redact(text: str, secret: str | None) -> str:
-    """``text`` with every occurrence of ``secret`` masked (redact before truncating)."""
-    if secret and secret in text:
-        text = text.replace(secret, "***")
+    """``text`` with every form of ``secret`` masked (redact before truncating)."""
+    if secret:
+        for form in secret_forms(secret):
+            if form in text:
+                text = text.replace(form, "***")
     return text
 
 

@@ -6,6 +6,7 @@ environment. Tests and tools build their own with ``make_app(settings)``.
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -20,6 +21,7 @@ from dispatcher.worker.mover import DueMover
 from dispatcher.worker.publish import CeleryPublisher
 from dispatcher.worker.tasks import register
 
+log = logging.getLogger("dispatcher.worker")
 _lock = threading.Lock()
 
 
@@ -87,6 +89,20 @@ def runtime_for(app: Celery) -> Runtime:
     return rt
 
 
+def check_redis(rt: Runtime) -> None:
+    """Say loudly at start if Redis may drop live jobs: an eviction policy other than
+    noeviction deletes job hashes under memory pressure (they then read "unknown")."""
+    try:
+        policy = rt.store.eviction_policy()
+    except Exception as e:  # Redis not up yet: the worker retries; say nothing false
+        log.warning("could not read Redis' maxmemory-policy: %s", type(e).__name__)
+        return
+    if policy is not None and policy != "noeviction":
+        log.error("REDIS maxmemory-policy IS %r: under memory pressure Redis will EVICT LIVE "
+                  "JOBS (they vanish and read 'unknown'). Set maxmemory-policy noeviction "
+                  "(and AOF with appendfsync always for zero loss on a crash).", policy)
+
+
 class MoverStep(bootsteps.StartStopStep):
     """Worker bootstep: a due mover thread for as long as the worker runs."""
 
@@ -96,7 +112,9 @@ class MoverStep(bootsteps.StartStopStep):
         self.mover: DueMover | None = None
 
     def start(self, worker: Any) -> None:
-        self.mover = DueMover(runtime_for(worker.app))
+        rt = runtime_for(worker.app)
+        check_redis(rt)
+        self.mover = DueMover(rt)
         self.mover.start()
 
     def stop(self, worker: Any) -> None:

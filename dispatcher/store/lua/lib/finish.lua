@@ -39,6 +39,12 @@ local function finish_job(job, waiting, hooks, id, status, ttl, grace, fields)
   local t = now()
   redis.call('HSET', job, 'status', status, 'finished_at', fmt(t), unpack(fields))
   redis.call('HDEL', job, 'lease_until', 'lease_token', 'next_poll_at')
+  if status == ST.SUCCEEDED then
+    -- Its payload (up to megabytes) is no longer needed: keep its size only. Jobs that
+    -- ended otherwise keep theirs, to be run again.
+    redis.call('HSET', job, 'payload_bytes', redis.call('HSTRLEN', job, 'payload'))
+    redis.call('HDEL', job, 'payload')
+  end
   redis.call('ZREM', waiting, id)
   redis.call('EXPIRE', job, ttl)
   index_move(job, id, st, status)
