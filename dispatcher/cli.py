@@ -30,6 +30,8 @@ def _load_payload(source: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise SystemExit(_usage_error(f"payload: {source!r} is not valid JSON: {e}")) from None
+    except RecursionError:
+        raise SystemExit(_usage_error(f"payload: {source!r} is nested too deeply")) from None
 
 
 class MissingExtra(Exception):
@@ -277,12 +279,18 @@ def cmd_metrics(a: argparse.Namespace) -> int:
 
 
 def cmd_worker(a: argparse.Namespace) -> int:
+    import os
+
+    if a.queue:
+        # The whole queue, not only what Celery consumes: the waiting set, the movers and
+        # every republish follow DISPATCHER_QUEUE. Set before the app reads settings.
+        os.environ["DISPATCHER_QUEUE"] = a.queue
     import dispatcher
 
     s = dispatcher.app.dispatcher_settings
     argv = [
         "worker", "--pool", "threads", "--concurrency", str(a.concurrency or s.concurrency),
-        "--loglevel", a.loglevel, "--queues", a.queue or s.queue,
+        "--loglevel", a.loglevel, "--queues", s.queue,
         "--without-mingle", "--without-gossip",
     ]
     if a.hostname:
@@ -371,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_top)
 
     s = sub.add_parser("metrics", help="serve queue health as Prometheus metrics")
-    s.add_argument("--host", default="0.0.0.0")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default %(default)s: it has no auth)")
     s.add_argument("--port", type=int, default=9808)
     s.set_defaults(func=cmd_metrics)
 
@@ -383,7 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("worker", help="run a Celery worker (threads pool)")
     s.add_argument("--concurrency", type=int, default=None)
     s.add_argument("--loglevel", default="INFO")
-    s.add_argument("--queue", default=None)
+    s.add_argument("--queue", default=None,
+                   help="the queue to serve (sets DISPATCHER_QUEUE for this worker)")
     s.add_argument("--hostname", default=None)
     s.add_argument("--events", action="store_true", help="send task events (for Flower)")
     s.set_defaults(func=cmd_worker)

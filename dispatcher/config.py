@@ -95,6 +95,9 @@ class Settings:
                               "largest backoff between route polls, seconds", check=_positive)
     default_max_wait: float = setting(1800.0, "DISPATCHER_MAX_WAIT", "default `max_wait`",
                                       check=_positive)
+    max_max_wait: float = setting(7 * 86400.0, "DISPATCHER_MAX_MAX_WAIT",
+                                  "the largest `max_wait` a job may ask for", check=_positive,
+                                  shown="`604800` (7 days)")
     default_timeout: float = setting(600.0, "DISPATCHER_TIMEOUT", "default execution `timeout`",
                                      check=_positive)
     max_timeout: float = setting(3600.0, "DISPATCHER_MAX_TIMEOUT",
@@ -186,6 +189,8 @@ class Settings:
         for name, value in derived.items():
             if getattr(self, name) <= 0:
                 object.__setattr__(self, name, value)
+        if self.default_max_wait > self.max_max_wait:
+            raise ConfigError("DISPATCHER_MAX_WAIT: must be <= DISPATCHER_MAX_MAX_WAIT")
         if self.poll_cap < self.poll_base:
             raise ConfigError("DISPATCHER_POLL_BASE/DISPATCHER_POLL_CAP: need 0 < base <= cap")
         if self.visibility_timeout <= self.max_timeout:

@@ -16,7 +16,11 @@ from dispatcher.config import Settings
 from dispatcher.errors import InvalidJob
 from dispatcher.model import JobSpec
 
-JOB_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+JOB_ID_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
+# Vast's endpoint names are short and printable ("vLLM-Qwen3-8B"); each name keeps a few
+# Redis keys, so a name is bounded too.
+ENDPOINT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@+\-]{0,127}")
+MAX_PATH = 2048
 
 
 def check_endpoint(endpoint: Any) -> str:
@@ -24,6 +28,9 @@ def check_endpoint(endpoint: Any) -> str:
         raise InvalidJob("endpoint", "must be a non-empty string (the Vast endpoint name)")
     if endpoint != endpoint.strip():
         raise InvalidJob("endpoint", "must not start or end with whitespace")
+    if not ENDPOINT_RE.fullmatch(endpoint):
+        raise InvalidJob("endpoint", "must be 1-128 characters of letters, digits and "
+                         "'_.:@+-', starting with a letter or digit")
     return endpoint
 
 
@@ -44,13 +51,25 @@ def check_path(path: Any) -> str:
         raise InvalidJob("path", f"must start with '/' and hold no scheme or host, got {path!r}")
     if any(c.isspace() for c in path):
         raise InvalidJob("path", "must not contain whitespace")
+    if not path.isascii() or not path.isprintable():
+        raise InvalidJob("path", "must be printable ASCII (percent-encode anything else)")
+    if len(path) > MAX_PATH:
+        raise InvalidJob("path", f"must be at most {MAX_PATH} characters, got {len(path)}")
+    if ".." in path.split("?", 1)[0].split("/"):
+        raise InvalidJob("path", "must not hold a '..' segment")
     return path
 
 
 def check_seconds(field: str, value: Any, upper: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidJob(field, f"must be a number of seconds, got {type(value).__name__}")
-    if math.isnan(value) or value <= 0:
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int too large for a float, e.g. 10**400
+        raise InvalidJob(field, "must be a finite number of seconds") from None
+    if not math.isfinite(seconds):
+        raise InvalidJob(field, "must be a finite number of seconds")
+    if seconds <= 0:
         raise InvalidJob(field, f"must be > 0 seconds, got {value}")
     if upper is not None and value > upper:
         raise InvalidJob(field, f"must be <= {upper:g} seconds (the configured maximum)")
@@ -64,7 +83,7 @@ def check_priority(priority: Any) -> int:
 
 
 def check_job_id(job_id: Any) -> str:
-    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
+    if not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id):
         raise InvalidJob(
             "job_id", "must be 1-128 characters of letters, digits, '_', '-', '.', ':'"
         )
@@ -76,6 +95,8 @@ def encode_payload(payload: Any, limit: int) -> str:
         text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise InvalidJob("payload", f"must be JSON-serialisable: {e}") from None
+    except RecursionError:
+        raise InvalidJob("payload", "is nested too deeply to serialise") from None
     size = len(text.encode())
     if size > limit:
         raise InvalidJob("payload", f"is {size} bytes, over the limit of {limit} bytes")
@@ -99,13 +120,14 @@ def check_job(
         payload_json=encode_payload(payload, settings.max_payload_bytes) if check_payload else None,
         cost=check_cost(cost),
         path=check_path(path),
-        max_wait=check_seconds("max_wait", max_wait),
+        max_wait=check_seconds("max_wait", max_wait, settings.max_max_wait),
         timeout=check_seconds("timeout", timeout, settings.max_timeout),
         priority=check_priority(priority),
     )
 
 
-WEBHOOK_EVENTS = ("completed", "succeeded", "failed", "expired", "cancelled")
+# "started": the job got a GPU (opt-in; "completed" is any of the ends after it).
+WEBHOOK_EVENTS = ("completed", "succeeded", "failed", "expired", "cancelled", "started")
 
 
 def check_webhook(settings: Settings, url: Any, events: Any) -> tuple[str, str]:

@@ -47,6 +47,14 @@ def test_submit_payload_not_json_exits_2(tmp_path: Path) -> None:
     assert r.returncode == 2 and "payload:" in r.stderr and "not valid JSON" in r.stderr
 
 
+def test_submit_deeply_nested_payload_exits_2(tmp_path: Path) -> None:
+    deep = tmp_path / "p.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    r = run("submit", "ep", str(deep), "--path", "/x")
+    assert r.returncode == 2 and "payload:" in r.stderr and "nested too deeply" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
 def test_submit_missing_payload_file_exits_2(tmp_path: Path) -> None:
     r = run("submit", "ep", str(tmp_path / "missing.json"), "--path", "/x")
     assert r.returncode == 2 and "payload: cannot read" in r.stderr

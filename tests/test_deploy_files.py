@@ -29,8 +29,28 @@ def test_compose_has_redis_with_aof_a_worker_and_the_emulator() -> None:
     redis_cmd = services["redis"]["command"]
     assert redis_cmd[redis_cmd.index("--appendonly") + 1] == "yes"
     env = services["worker"]["environment"]
-    assert env["REDIS_URL"].startswith("redis://redis:")
+    assert env["REDIS_URL"].startswith("redis://:") and "@redis:6379" in env["REDIS_URL"]
     assert env["VAST_ROUTE_URL"].endswith("/route/")
+
+
+def test_compose_publishes_nothing_beyond_loopback_and_redis_has_a_password() -> None:
+    """Issue 11 item 9: password-less Redis, the emulator's control API and Flower were
+    published on every interface."""
+    services = compose()["services"]
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+    redis_cmd = services["redis"]["command"]
+    assert redis_cmd[redis_cmd.index("--requirepass") + 1].startswith("${REDIS_PASSWORD")
+    assert redis_cmd[redis_cmd.index("--maxmemory-policy") + 1] == "noeviction"
+    assert redis_cmd[redis_cmd.index("--appendfsync") + 1] == "always"
+    assert "${REDIS_PASSWORD" in services["worker"]["environment"]["REDIS_URL"]
+
+
+def test_metrics_listen_on_loopback_by_default() -> None:
+    from dispatcher.cli import build_parser
+
+    assert build_parser().parse_args(["metrics"]).host == "127.0.0.1"
 
 
 def test_compose_commands_match_the_procfile() -> None:
@@ -54,6 +74,9 @@ def test_procfile_commands_exist_in_the_cli() -> None:
 
 def test_compose_serves_metrics_like_the_procfile_and_flower_sees_events() -> None:
     services = compose()["services"]
-    assert command_of(services["metrics"]).endswith("exec " + procfile()["metrics"])
+    # The same command; in a container it listens on all of its interfaces (published on
+    # the host's loopback only), where the Procfile's default is loopback.
+    assert command_of(services["metrics"]).replace("--host 0.0.0.0 ", "").endswith(
+        "exec " + procfile()["metrics"])
     assert services["worker"]["environment"]["DISPATCHER_TASK_EVENTS"] == "1"
     assert "flower" in command_of(services["flower"])

@@ -37,9 +37,28 @@ def test_good_job() -> None:
         ("timeout", "ep", {}, {"timeout": 0}),
         ("timeout", "ep", {}, {"timeout": 101}),
         ("priority", "ep", {}, {"priority": 10}),
+        # Issue 11: inputs that never end, or that could not be stored or sent.
+        ("max_wait", "ep", {}, {"max_wait": math.inf}),
+        ("max_wait", "ep", {}, {"max_wait": 1e300}),
+        ("max_wait", "ep", {}, {"max_wait": 10**400}),
+        ("timeout", "ep", {}, {"timeout": 10**400}),
+        ("endpoint", "x" * 10_000, {}, {}),
+        ("endpoint", "ep\n", {}, {}),
+        ("endpoint", "e\x00p", {}, {}),
+        ("endpoint", "ep/../x", {}, {}),
+        ("path", "ep", {}, {"path": "/v1/\x00"}),
+        ("path", "ep", {}, {"path": "/v1/\x7f"}),
+        ("path", "ep", {}, {"path": "/" + "a" * 10_000}),
+        ("path", "ep", {}, {"path": "/v1/../admin"}),
+        ("path", "ep", {}, {"path": "/v1/caf\u00e9"}),
+        ("payload", "ep", "deeply nested", {}),
     ],
 )
 def test_bad_input_names_the_field(field, endpoint, payload, overrides) -> None:
+    if payload == "deeply nested":
+        payload = []
+        for _ in range(100_000):
+            payload = [payload]
     with pytest.raises(InvalidJob) as e:
         check_job(S, endpoint, payload, **{**OK, **overrides})
     assert e.value.field == field
@@ -49,6 +68,17 @@ def test_bad_input_names_the_field(field, endpoint, payload, overrides) -> None:
 
 def test_job_id() -> None:
     assert check_job_id("order-42:a.b_c") == "order-42:a.b_c"
-    for bad in ["", "a b", "x" * 200, 5, "a/b"]:
+    for bad in ["", "a b", "x" * 200, 5, "a/b", "abc\n", "abc\r\nX-Injected: 1"]:
         with pytest.raises(InvalidJob, match="job_id"):
             check_job_id(bad)
+
+
+def test_a_real_world_endpoint_name_and_path_pass() -> None:
+    spec = check_job(S, "vLLM-Qwen3-8B", {}, **{**OK, "path": "/v1/chat/completions?x=1"})
+    assert (spec.endpoint, spec.path) == ("vLLM-Qwen3-8B", "/v1/chat/completions?x=1")
+
+
+def test_max_wait_has_a_configurable_upper_bound() -> None:
+    with pytest.raises(InvalidJob, match=r"max_wait: must be <= 60 seconds"):
+        check_job(Settings(max_max_wait=60, default_max_wait=30), "ep", {},
+                  **{**OK, "max_wait": 61})

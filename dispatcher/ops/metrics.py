@@ -94,6 +94,6 @@ def render(stats_fn: StatsFn) -> str:
     return generate_latest(make_registry(stats_fn)).decode()
 
 
-def serve_metrics(stats_fn: StatsFn, host: str = "0.0.0.0", port: int = 9808) -> Any:
+def serve_metrics(stats_fn: StatsFn, host: str = "127.0.0.1", port: int = 9808) -> Any:
     """Serve ``/metrics`` from a daemon thread; returns (server, thread)."""
     return start_http_server(port, host, registry=make_registry(stats_fn))

@@ -53,3 +53,25 @@ def test_cancel_and_failed_result(e2e_env, worker, vast: Emulator, tmp_path: Pat
     assert again.returncode == 1 and "it is cancelled" in again.stderr
     result = cli(e2e_env, "result", job_id, "--wait", "--timeout", "10")
     assert result.returncode == 1 and "cancelled" in result.stderr
+
+
+def test_worker_queue_flag_sets_the_whole_queue(e2e_env, vast: Emulator) -> None:
+    """Issue 11 item 7: ``--queue`` used to change only what Celery consumed; a job that
+    had to wait went back to DISPATCHER_QUEUE's waiting set, which nobody moved."""
+    from dispatcher.client import Client
+    from dispatcher.config import Settings
+    from dispatcher.dev.procs import wait_for_worker, worker_process
+
+    queue = f"flag-{uuid.uuid4().hex[:6]}"
+    env = {k: v for k, v in e2e_env.items() if k != "DISPATCHER_QUEUE"}
+    child = worker_process(env, concurrency=4, queue=queue)
+    child.start()
+    client = Client(Settings.from_env({**env, "DISPATCHER_QUEUE": queue}))
+    try:
+        wait_for_worker(env["REDIS_URL"], child)
+        ep = add_endpoint(vast, workers=0, max_workers=1, cold_start=1.0)  # it must wait
+        job = client.wait(client.submit(ep, {"id": uuid.uuid4().hex}, path="/x"), timeout=60)
+        assert job.status == "succeeded" and job.route_calls > 1, job
+    finally:
+        client.close()
+        child.stop()
