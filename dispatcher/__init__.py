@@ -16,6 +16,7 @@ demo and test harness, ``emulator/`` a local Vast.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from dispatcher.config import Settings, get_settings
@@ -42,7 +43,7 @@ __all__ = [
     "RouteError",
     "Settings", "Status", "VastError", "WaitTimeout", "WebhookSignatureError", "WorkerError",
     "app", "cancel", "cancel_many", "get_job", "purge", "stats", "submit", "submit_many",
-    "wait",
+    "wait", "watch",
 ]
 
 _app: Celery | None = None
@@ -101,6 +102,11 @@ def get_job(job_id: str) -> Job:
 
 def wait(job_id: str, timeout: float = 60.0) -> Job:
     return default_client().wait(job_id, timeout=timeout)
+
+
+def watch(job_id: str, timeout: float | None = None) -> Iterator[Job]:
+    """The job now and at each change of its status until it ends (``Client.watch``)."""
+    return default_client().watch(job_id, timeout)
 
 
 def cancel(job_id: str) -> bool:

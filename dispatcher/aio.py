@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from dispatcher.worker.publish import CeleryPublisher
 
 __all__ = ["AsyncClient", "cancel", "cancel_many", "default_client", "get_job", "submit",
-           "submit_many", "wait"]
+           "submit_many", "wait", "watch"]
 
 SUBMIT_CHUNK = 500  # jobs per pipelined round trip in submit_many
 PUBLISH_THREADS = 4
@@ -146,6 +146,28 @@ class AsyncClient:
             job = await self.store.view(job_id)
         return job
 
+    async def watch(self, job_id: str, timeout: float | None = None,
+                    recheck: float = RECHECK) -> AsyncIterator[Job]:
+        """The job now, then at each change of its status or wait reason until it ends
+        (see ``dispatcher.Client.watch``)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        sub = await self.store.subscribe(job_id, self._blocking())
+        try:
+            job = await self.store.view(job_id)
+            shown = None
+            while True:
+                if shown != (job.status, job.wait_reason):
+                    shown = (job.status, job.wait_reason)
+                    yield job
+                left = None if deadline is None else deadline - time.monotonic()
+                block = next_block(job, 1e9 if left is None else left, timeout or 0, recheck)
+                if block is None:
+                    return
+                await sub.get_message(timeout=block)
+                job = await self.store.view(job_id)
+        finally:
+            await sub.aclose()
+
     def _blocking(self) -> aredis.Redis:
         """Blocking calls get a pool of their own: waits never starve submits."""
         if self._waits is None:
@@ -236,6 +258,12 @@ async def get_job(job_id: str) -> Job:
 
 async def wait(job_id: str, timeout: float = 60.0) -> Job:
     return await default_client().wait(job_id, timeout=timeout)
+
+
+async def watch(job_id: str, timeout: float | None = None) -> AsyncIterator[Job]:
+    """The job at each change until it ends (``AsyncClient.watch``)."""
+    async for job in default_client().watch(job_id, timeout):
+        yield job
 
 
 async def cancel(job_id: str) -> bool:

@@ -116,6 +116,33 @@ class Client:
             job = self.store.view(job_id)
         return job
 
+    def watch(self, job_id: str, timeout: float | None = None, recheck: float = RECHECK
+              ) -> Iterator[Job]:
+        """The job now, then again at each change of its status or wait reason, until it
+        ends: queued -> waiting (``wait_reason``) -> running -> succeeded, for a UI.
+
+        Woken by the status changes themselves (a subscription, apart from the submit
+        pool); a change faster than one read of the job may be folded into the next,
+        the end never is. Raises ``JobNotFound`` and, after ``timeout``, ``WaitTimeout``.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        sub = self.store.subscribe(job_id, self._blocking())
+        try:
+            job = self.store.view(job_id)
+            shown = None
+            while True:
+                if shown != (job.status, job.wait_reason):
+                    shown = (job.status, job.wait_reason)
+                    yield job
+                left = None if deadline is None else deadline - time.monotonic()
+                block = next_block(job, 1e9 if left is None else left, timeout or 0, recheck)
+                if block is None:
+                    return
+                sub.get_message(timeout=block)
+                job = self.store.view(job_id)
+        finally:
+            sub.close()
+
     def _blocking(self) -> redis.Redis:
         """The pool for blocking calls (made on first use), apart from the one submits
         use: a thousand threads waiting must not starve a submit."""

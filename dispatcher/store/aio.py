@@ -83,6 +83,13 @@ class AsyncStore:
         values = await self.redis.hmget(keys.JOB(job_id), VIEW_FIELDS)
         return view_from(job_id, cast(list[str | None], values))
 
+    async def subscribe(self, job_id: str, client: aredis.Redis | None = None
+                        ) -> aredis.client.PubSub:
+        """``Store.subscribe``: the job's status changes."""
+        sub = (client or self.redis).pubsub(ignore_subscribe_messages=True)
+        await sub.subscribe(keys.EVENTS(job_id))
+        return sub
+
     async def wait_end(self, job_id: str, timeout: float, client: aredis.Redis | None = None
                        ) -> str | None:
         """``Store.wait_end``: the end status, or None after ``timeout``."""

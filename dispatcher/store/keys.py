@@ -108,6 +108,9 @@ COUNTER_TTL = 60
 # A job's end notice (DONE) lives this long: far more than the gap between a waiter's
 # read of the status and its blocking call. Later waiters read the ended job itself.
 NOTIFY_TTL = 60
+# The webhook event of a job that got a GPU (opt-in in webhook_events); the end events
+# are the terminal statuses.
+STARTED_EVENT = "started"
 
 # kombu's Redis priority queues: "<queue>" for step 0, "<queue>:<n>" for the others.
 PRIORITY_STEPS = list(range(MAX_PRIORITY + 1))
@@ -168,6 +171,7 @@ def lua_prelude() -> str:
         f"local SAMPLES_KEPT = {SAMPLES_KEPT}",
         f"local COUNTER_TTL = {COUNTER_TTL}",
         f"local NOTIFY_TTL = {NOTIFY_TTL}",
+        f"local STARTED_EVENT = {STARTED_EVENT!r}",
     ]
     lines += [k.lua() for k in KEYS]
     return "\n".join(lines) + "\n"

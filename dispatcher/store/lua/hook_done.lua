@@ -1,4 +1,4 @@
---! uses: clock
+--! uses: clock notify
 -- Record how a webhook attempt went. Delivery state lives in webhook_* fields
 -- and never touches the job's status or result.
 -- KEYS: job, hooks.  ARGV: job_id, webhook_seq, outcome (delivered|retry|failed),
@@ -25,5 +25,6 @@ else
     redis.call('HSET', KEYS[1], 'webhook_delivered_at', fmt(t), 'webhook_last_error', '')
   end
   redis.call('ZREM', KEYS[2], ARGV[1])
+  start_next_hook(KEYS[1], KEYS[2], ARGV[1], t) -- an end behind `started` (lib/notify.lua)
 end
 return outcome

@@ -20,6 +20,7 @@ end
 -- Queue the job's webhook delivery (in the hooks set, due after `grace` as a
 -- safety net; the caller publishes its first message at once).
 local function queue_hook(job, hooks, id, status, t, grace)
+  if hook_behind(job, status) then return end -- after `started` (lib/notify.lua)
   redis.call('HSET', job, 'webhook_status', WEBHOOK.pending, 'webhook_seq', FIRST_WEBHOOK_SEQ,
     'webhook_event', status, 'webhook_delivery_id', id .. '.' .. status,
     'webhook_attempts', '0')
