@@ -52,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"Vast emulator listening: route {vast.route_url} "
               f"(endpoints: {', '.join(config.endpoints) or 'none'})", flush=True)
+        real = [n for n, ep in config.endpoints.items() if ep.workers_from == "pyworker"]
+        if real:
+            print(f"PyWorkers: REPORT_ADDR={vast.url}, MASTER_TOKEN=<endpoint name, or its "
+                  f"mtoken> (endpoints: {', '.join(real)}; see docs/emulator.md)", flush=True)
         while not stop.wait(0.5):
             pass
         return 0

@@ -1,9 +1,13 @@
 """``POST /route/``: Vast's routing API, with its answers and injectable faults.
 
-Order of checks: injected connection reset, Bearer key (401 JSON), body (400 JSON),
-rate limit per (endpoint, key) (429 plain text, no Retry-After), injected 5xx and 429,
-then an assignment or a "no worker" answer. Kept cheap: benchmarks call it thousands of
-times a second.
+Order of checks: injected connection reset, Bearer key (401 JSON), body (400 JSON), a
+scripted answer if the endpoint has one left, rate limit per (endpoint, key) (429 plain
+text, no Retry-After), injected 5xx and 429, then an assignment or a "no worker" answer in
+the endpoint's shape. Kept cheap: benchmarks call it thousands of times a second (the RSA
+signature is per worker url, computed once).
+
+Each assignment to a simulated worker is recorded as issued, so the worker can check that
+what it receives is exactly that (``workers``); PyWorkers check for themselves.
 """
 
 from __future__ import annotations

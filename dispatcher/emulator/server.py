@@ -1,9 +1,10 @@
 """The ``Emulator``: one asyncio loop in a daemon thread serving the route API, the
-control API and every worker, with a thread-safe handle for tests.
+PyWorker control plane (``/pubkey/``, ``/worker_status/``, ``/delete_requests/``), the
+control API and every simulated worker, with a thread-safe handle for tests.
 
 Control (no auth: it is a local test tool):
-``GET /_emulator/stats``, ``GET /_emulator/health``, ``GET /_emulator/config`` and
-``POST /_emulator/config`` (a partial config, or an ``action``).
+``GET /_emulator/stats``, ``GET /_emulator/health``, ``GET /_emulator/config``,
+``GET /_emulator/ca.pem`` and ``POST /_emulator/config`` (a partial config, or an ``action``).
 """
 
 from __future__ import annotations

@@ -5,11 +5,16 @@ created. A stopped worker keeps the port bound but does not listen, so a client 
 "connection refused", as from a Vast instance that is gone; stopping a worker also
 resets every connection it had, so requests in flight die as they do on a real instance.
 
-The request path is a real worker's: JSON with ``auth_data`` and ``payload`` (else 422),
-the required ``auth_data`` fields (else 422), the signature, the url and a once-only
-``reqnum`` (else 401), admission control on estimated queue time (else 429), then the
-work itself, FIFO or in parallel. A client that disconnects cancels its request, queued
-or running, as Vast's worker does.
+The request path is a PyWorker's: JSON with ``auth_data`` and ``payload``, and the
+``auth_data`` fields it requires (else 422, in PyWorker's JSON shape), the signature (else
+401, empty body), admission control on estimated queue time (else 429), then the work
+itself, FIFO or in parallel. A client that disconnects cancels its request, queued or
+running, as Vast's worker does.
+
+Stricter than Vast (docs/emulator.md), each switchable per endpoint: a ``reqnum`` already
+used, or an ``auth_data`` that is not the assignment issued to this worker, verbatim
+(compared as canonical JSON, so key order does not count), is a 401 too. The records are
+found by the received text itself, so the check costs one ``json.dumps`` and a lookup.
 """
 
 from __future__ import annotations

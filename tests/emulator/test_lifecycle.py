@@ -173,3 +173,18 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         assert main(["--port", str(vast.port)]) == 1
         assert "cannot start" in capsys.readouterr().err
         assert route(vast, {"endpoint": "x"}).status_code == 400  # still fine
+
+
+def test_cli_tells_pyworkers_where_to_report(tmp_path: Path) -> None:
+    config = tmp_path / "emu.yaml"
+    config.write_text("endpoints:\n  llm: {workers_from: pyworker}\n")
+    with cli_process("--config", str(config), "--port", "0") as (proc, url):
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        base = url.removesuffix("/route/")
+        assert f"REPORT_ADDR={base}," in line and "llm" in line
+        r = requests.post(base + "/worker_status/", timeout=5,
+                          json={"id": 1, "mtoken": "llm", "url": "http://127.0.0.1:9"})
+        assert r.json() == {"ok": True}
+        assert requests.get(base + "/pubkey/", timeout=5).text.startswith("-----BEGIN")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
