@@ -122,6 +122,11 @@ class Settings:
     max_result_bytes: int = setting(10 * 1024 * 1024, "DISPATCHER_MAX_RESULT_BYTES",
                                     "the largest worker answer stored", check=_positive,
                                     shown="10 MiB")
+    endpoint_idle: float = setting(
+        30 * 86400.0, "DISPATCHER_ENDPOINT_IDLE",
+        "an endpoint with no job created or ended for this long, and none live, is "
+        "forgotten: its counters, gate and samples leave Redis", shown="`2592000` (30 days)",
+        check=_positive)
     publish_grace: float = setting(
         15.0, "DISPATCHER_PUBLISH_GRACE",
         "a job published from the waiting set (or submitted) but not yet claimed by a worker "

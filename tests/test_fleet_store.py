@@ -390,3 +390,32 @@ def test_429s_that_do_not_depend_on_our_rate_do_not_spiral_a_learned_rate_down()
     assert store.gate_state("e") == (0, 0.0)  # the cut given back: no limit, as before it
     for _ in range(20):  # while held, 429s never cut
         assert store.record_route_answer("e", "HTTP 429", True) == 0
+
+
+def test_idle_endpoints_are_forgotten_once_no_job_is_live() -> None:
+    """Issue 11 item 8: an endpoint's keys stayed in Redis forever."""
+    store = make_store()
+    for ep in ("done", "busy"):
+        new_job(store, f"{ep}-1", endpoint=ep)
+        store.finish(f"{ep}-1", Status.SUCCEEDED, 60, {"result": "x"})
+    new_job(store, "busy-2", endpoint="busy")  # still queued
+    store.record_route_answer("done", "assigned", False)  # a gate hash for it
+    assert store.endpoints() == ["busy", "done"]
+    r = store.redis
+    assert r.exists("dispatcher:counts:done", "dispatcher:gate:done",
+                    "dispatcher:samples:done:run") >= 2
+    assert store.forget_idle_endpoints(3600) == []  # both active within the hour
+    assert store.forget_idle_endpoints(0) == ["done"]
+    assert store.endpoints() == ["busy"]
+    assert not r.exists("dispatcher:counts:done", "dispatcher:gate:done",
+                        "dispatcher:samples:done:wait", "dispatcher:samples:done:run")
+    assert r.hget("dispatcher:counts:busy", "queued") == "1"  # a live job's endpoint stays
+
+
+def test_an_earlier_plain_set_of_endpoints_is_migrated() -> None:
+    store = make_store()
+    store.redis.sadd("dispatcher:endpoints", "old-a", "old-b")
+    assert store.endpoints() == ["old-a", "old-b"]
+    new_job(store, "j1", endpoint="new")
+    assert store.redis.type("dispatcher:endpoints") == "zset"
+    assert store.endpoints() == ["new", "old-a", "old-b"]

@@ -167,6 +167,7 @@ class Store:
         self._cancel_pending = reg(source("cancel_pending"))
         self._gate_state = reg(source("gate_state"))
         self._renew = reg(source("renew"))
+        self._forget_endpoints = reg(source("forget_endpoints"))
 
     # --- the job's transitions ---------------------------------------------------------
 
@@ -332,7 +333,16 @@ class Store:
         return int(self.redis.zcard(self.waiting))
 
     def endpoints(self) -> list[str]:
-        return sorted(cast(set[str], self.redis.smembers(keys.ENDPOINTS())))
+        k = keys.ENDPOINTS()
+        if self.redis.type(k) == "set":  # an earlier version's plain set
+            return sorted(cast(set[str], self.redis.smembers(k)))
+        return sorted(cast(list[str], self.redis.zrange(k, 0, -1)))
+
+    def forget_idle_endpoints(self, idle: float, limit: int = 100) -> list[str]:
+        """Drop the keys of endpoints with no job created or ended for ``idle`` seconds
+        and none live; returns their names."""
+        return cast(list[str], self._forget_endpoints(keys=[keys.ENDPOINTS()],
+                                                      args=[idle, self.queue, limit]))
 
     def now(self) -> float:
         sec, usec = self.redis.time()

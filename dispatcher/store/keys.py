@@ -77,7 +77,9 @@ R429 = Key("r429", "r429:{endpoint}:{sec}", "429 answers the fleet got in one se
 COUNTS = Key("counts", "counts:{endpoint}", "HASH: jobs per live state, totals per end state")
 SAMPLES = Key("samples", "samples:{endpoint}:{kind}",
               "LIST of recent wait or run seconds (kind: wait, run)")
-ENDPOINTS = Key("endpoints", "endpoints", "SET of every endpoint a job was submitted for")
+ENDPOINTS = Key("endpoints", "endpoints",
+                "ZSET of the endpoints jobs were submitted for, scored by their last create "
+                "or end (idle ones are forgotten)")
 DONE = Key("done", "done:{id}",
            "LIST of the job's end status, pushed by its terminal write and kept NOTIFY_TTL "
            "seconds: waiters BLMOVE it onto itself, so every waiter wakes and none takes it")

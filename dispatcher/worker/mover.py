@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from dispatcher.runtime import Runtime
 
 log = logging.getLogger("dispatcher.mover")
 
 BATCH = 500
+FORGET_EVERY = 60.0  # seconds between sweeps for idle endpoints
 
 
 class DueMover:
@@ -24,6 +26,7 @@ class DueMover:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="dispatcher-mover", daemon=True)
         self.moved = 0
+        self._next_forget = 0.0
 
     def start(self) -> None:
         self._thread.start()
@@ -42,6 +45,11 @@ class DueMover:
             if due:
                 n += self.rt.publisher.publish(due)
         self.moved += n
+        if time.monotonic() >= self._next_forget:
+            self._next_forget = time.monotonic() + FORGET_EVERY
+            gone = self.rt.store.forget_idle_endpoints(s.endpoint_idle)
+            if gone:
+                log.info("forgot %d idle endpoint(s): %s", len(gone), ", ".join(gone[:10]))
         return n
 
     def _loop(self) -> None:

@@ -1,4 +1,4 @@
---! uses: clock index
+--! uses: clock index endpoints
 -- Create a job unless its id exists (idempotent submit).
 -- KEYS: job, waiting.  ARGV: job_id, grace, field, value, ...
 -- The job also enters the waiting set, due after `grace`: a safety net that
@@ -9,6 +9,6 @@ end
 local t = now()
 redis.call('HSET', KEYS[1], 'created_at', fmt(t), 'seq', '0', unpack(ARGV, 3))
 redis.call('ZADD', KEYS[2], t + tonumber(ARGV[2]), ARGV[1])
-redis.call('SADD', endpoints_key(), redis.call('HGET', KEYS[1], 'endpoint'))
+touch_endpoint(redis.call('HGET', KEYS[1], 'endpoint'), t)
 index_move(KEYS[1], ARGV[1], nil, ST.QUEUED)
 return 1

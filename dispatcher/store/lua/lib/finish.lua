@@ -1,4 +1,4 @@
---! uses: clock index
+--! uses: clock index endpoints
 --! The terminal write. The first one wins, so a result is stored once even if
 --! the job ran twice.
 
@@ -51,6 +51,7 @@ local function finish_job(job, waiting, hooks, id, status, ttl, grace, fields)
   index_move(job, id, st, status)
   local h = redis.call('HMGET', job, 'endpoint', 'created_at', 'assigned_at', 'webhook',
     'webhook_events')
+  touch_endpoint(h[1], t)
   if h[1] and h[3] then
     record_samples(h[1], h[2], h[3], t)
   end
