@@ -31,10 +31,14 @@ def wait_for_status(client: Client, job_id: str, status: str, timeout: float = 1
         time.sleep(0.02)
 
 
+@pytest.mark.parametrize("shape", ["live", "published"])
 def test_cold_start_jobs_wait_then_all_succeed_with_their_own_result(
-    client: Client, vast: Emulator
+    client: Client, vast: Emulator, shape: str
 ) -> None:
-    ep = add_endpoint(vast, workers=0, max_workers=2, cold_start=1.5, concurrency=4)
+    """Both answer shapes: Vast's live answers (with request_idx), and exactly the fields
+    of its published schema (none)."""
+    ep = add_endpoint(vast, workers=0, max_workers=2, cold_start=1.5, concurrency=4,
+                      answer_shape=shape)
     payloads = [payload(n=n) for n in range(20)]
     ids = [client.submit(ep, p, cost=10, path="/v1/completions", max_wait=60) for p in payloads]
     wait_for_status(client, ids[0], "waiting")
