@@ -25,6 +25,9 @@ import requests
 from dispatcher.emulator import Emulator
 
 KEY = "pyworker-test-key"
+# What PyWorker reads from its environment: only what a test sets, never the caller's.
+PYWORKER_VARS = {"REPORT_ADDR", "WORKER_PORT", "WORKER_HTTP_PORT", "PUBLIC_IPADDR",
+                 "CONTAINER_ID", "MASTER_TOKEN", "UNSECURED", "USE_SSL", "MODEL_HEALTH_ENDPOINT"}
 ON_LOAD = "MODEL LOADED: ready for requests"
 
 # A model server as a user might write one: it logs the PyWorker's on_load line once it
@@ -152,8 +155,10 @@ class Launcher:
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str], cwd: Path) -> Proc:
         log = self.tmp / f"{name}.log"
+        inherited = {k: v for k, v in os.environ.items()
+                     if k not in PYWORKER_VARS and not k.startswith("VAST_TCP_PORT_")}
         with log.open("wb") as out:
-            popen = subprocess.Popen(args, env={**os.environ, **env}, cwd=cwd, stdout=out,
+            popen = subprocess.Popen(args, env={**inherited, **env}, cwd=cwd, stdout=out,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         proc = Proc(name, popen, log)
         self.procs.append(proc)

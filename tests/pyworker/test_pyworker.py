@@ -108,12 +108,13 @@ def test_a_killed_pyworker_is_not_routed_to_once_it_stops_reporting(launcher: La
             nonlocal refused
             idx = 0
             for _ in range(200):
+                asked = time.monotonic()  # the emulator chose after this
                 a = route(vast, "llm", request_idx=idx)
                 idx = a.get("request_idx", idx)
                 if "url" not in a:
                     time.sleep(0.05)
                     continue
-                assigned.append((time.monotonic(), a["url"]))
+                assigned.append((asked, a["url"]))
                 try:
                     r = call(a, {"n": n, "sleep": 0.02}, timeout=10)
                 except requests.ConnectionError:
