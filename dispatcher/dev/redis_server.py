@@ -43,14 +43,16 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server child process on a free loopback port.
 
-    ``aof=True`` turns on the append-only file (fsync every write) so that a
-    restart keeps every job; ``restart()`` stops and starts it on the same port.
+    ``aof=True`` turns on the append-only file (fsync every write, or as
+    ``appendfsync`` says) so that a restart keeps every job; ``restart()`` stops
+    and starts it on the same port.
     """
 
     def __init__(self, port: int | None = None, aof: bool = False, dir: str | None = None,
-                 maxclients: int = 10000) -> None:
+                 maxclients: int = 10000, appendfsync: str = "always") -> None:
         self.port = port or free_port()
         self.aof = aof
+        self.appendfsync = appendfsync
         self._tmp = None if dir else tempfile.TemporaryDirectory(prefix="dispatcher-redis-")
         self.dir = dir if dir else self._tmp.name  # type: ignore[union-attr]
         self.maxclients = maxclients
@@ -67,7 +69,7 @@ class RedisServer:
             "--maxclients", str(self.maxclients), "--loglevel", "warning",
         ]
         if self.aof:
-            args += ["--appendonly", "yes", "--appendfsync", "always"]
+            args += ["--appendonly", "yes", "--appendfsync", self.appendfsync]
         log = open(os.path.join(self.dir, "redis.log"), "ab")
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
