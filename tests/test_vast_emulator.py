@@ -138,18 +138,30 @@ def test_missing_auth_field_is_422(client: VastClient) -> None:
 
 
 @pytest.mark.parametrize(
-    ("status", "error"),
-    [(401, WorkerSignatureRejected), (408, WorkerUnavailable), (429, WorkerUnavailable),
-     (500, WorkerUnavailable), (503, WorkerUnavailable), (410, WorkerRejected),
-     (422, WorkerRejected), (499, WorkerRejected), (404, WorkerRejected)],
+    ("status", "error", "retryable", "meaning"),
+    [(401, WorkerSignatureRejected, True, "assignment signature rejected"),
+     (408, WorkerUnavailable, True, "request timeout"),
+     (429, WorkerUnavailable, True, "busy"),
+     (500, WorkerUnavailable, True, "worker error"),
+     (503, WorkerUnavailable, True, "worker error"),
+     (410, WorkerRejected, False, "unknown session"),
+     (422, WorkerRejected, False, "malformed request"),
+     (499, WorkerRejected, False, "client disconnected"),
+     (404, WorkerRejected, False, "rejected")],
 )
-def test_worker_statuses(client: VastClient, status: int, error: type) -> None:
+def test_worker_statuses(vast: Emulator, client: VastClient, status: int, error: type,
+                         retryable: bool, meaning: str) -> None:
+    """What the client makes of each status the emulated GPU answers: its error class, its
+    retry decision (re-route, or fail the job), and its reading of the status, after one
+    request (the GPU ran the payload once: no retry or redirect inside the client)."""
+    pid = f"status-{status}-{time.monotonic_ns()}"
     a = client.route("llm", 1)
     with pytest.raises(error) as e:
-        client.call_worker(a, "/x", {"id": f"s{status}", "emulate": {"status": status}}, 5)
+        client.call_worker(a, "/x", {"id": pid, "emulate": {"status": status}}, 5)
     assert type(e.value) is error and e.value.status == status
-    assert e.value.text == f"emulated status {status}" and KEY not in repr(e.value)
-    assert e.value.retryable is issubclass(error, WorkerUnavailable)
+    assert e.value.retryable is retryable
+    assert f"{status} {meaning}" in str(e.value) and KEY not in repr(e.value)
+    assert vast.stats()["executions_by_payload"][pid] == 1
 
 
 def test_worker_text_timeout_and_huge(client: VastClient) -> None:
