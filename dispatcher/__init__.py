@@ -24,6 +24,7 @@ from dispatcher.errors import (
     ConfigError,
     DispatcherError,
     InvalidJob,
+    JobFailed,
     JobNotFound,
     RouteError,
     VastError,
@@ -39,11 +40,10 @@ if TYPE_CHECKING:
     from dispatcher.client import Client
 
 __all__ = [
-    "STATUSES", "Client", "ConfigError", "DispatcherError", "InvalidJob", "Job", "JobNotFound",
-    "RouteError",
-    "Settings", "Status", "VastError", "WaitTimeout", "WebhookSignatureError", "WorkerError",
-    "app", "cancel", "cancel_many", "get_job", "purge", "stats", "submit", "submit_many",
-    "wait", "watch",
+    "STATUSES", "Client", "ConfigError", "DispatcherError", "InvalidJob", "Job", "JobFailed",
+    "JobNotFound", "RouteError", "Settings", "Status", "VastError", "WaitTimeout",
+    "WebhookSignatureError", "WorkerError", "app", "cancel", "cancel_many", "get_job", "purge",
+    "sse", "stats", "stream", "submit", "submit_many", "wait", "watch",
 ]
 
 _app: Celery | None = None
@@ -107,6 +107,18 @@ def wait(job_id: str, timeout: float = 60.0) -> Job:
 def watch(job_id: str, timeout: float | None = None) -> Iterator[Job]:
     """The job now and at each change of its status until it ends (``Client.watch``)."""
     return default_client().watch(job_id, timeout)
+
+
+def stream(job_id: str, timeout: float | None = None) -> Iterator[str]:
+    """A streaming job's pieces in order, from the first, until it ends; raises
+    ``JobFailed`` if it did not succeed (``Client.stream``)."""
+    return default_client().stream(job_id, timeout)
+
+
+def sse(job_id: str, timeout: float | None = None) -> Iterator[bytes]:
+    """``stream()`` as ``text/event-stream`` bytes, for a web framework's streaming
+    response: ``data:`` per piece, then ``event: end`` with the status (``Client.sse``)."""
+    return default_client().sse(job_id, timeout)
 
 
 def cancel(job_id: str) -> bool:

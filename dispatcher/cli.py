@@ -71,13 +71,16 @@ def cmd_submit(a: argparse.Namespace) -> int:
         job_id = _client().submit(
             a.endpoint, payload, cost=a.cost, path=a.path, max_wait=a.max_wait,
             timeout=a.timeout, priority=a.priority, job_id=a.job_id, webhook=a.webhook,
-            webhook_events=a.webhook_events or ["completed"],
+            webhook_events=a.webhook_events or ["completed"], stream=a.stream,
         )
     except InvalidJob as e:
         return _usage_error(str(e))
     if not a.wait:
         print(job_id)
         return EXIT_OK
+    if a.stream:
+        print(job_id, file=sys.stderr)
+        return _follow(job_id, a.wait_timeout)
     job = _wait(job_id, a.wait_timeout)
     if job is None:
         return EXIT_JOB_FAILED
@@ -193,7 +196,25 @@ def cmd_status(a: argparse.Namespace) -> int:
     return EXIT_OK if job.known else EXIT_JOB_FAILED
 
 
+def _follow(job_id: str, timeout: float) -> int:
+    """Print a job's pieces as they arrive, one per line; exit by how it ended."""
+    from dispatcher.errors import JobFailed, JobNotFound
+
+    try:
+        for piece in _client().stream(job_id, timeout=timeout):
+            print(piece, flush=True)
+    except JobFailed as e:
+        print(f"dispatcher: {e}", file=sys.stderr)
+        return EXIT_JOB_FAILED
+    except JobNotFound as e:
+        print(f"dispatcher: {e}", file=sys.stderr)
+        return EXIT_JOB_FAILED
+    return EXIT_OK
+
+
 def cmd_result(a: argparse.Namespace) -> int:
+    if a.follow:
+        return _follow(a.job_id, a.timeout)
     job = _wait(a.job_id, a.timeout) if a.wait else _client().get_job(a.job_id)
     if job is None:
         return EXIT_JOB_FAILED
@@ -345,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--webhook", default=None, help="URL that gets a signed POST when it ends")
     s.add_argument("--webhook-event", action="append", dest="webhook_events", default=None,
                    help="completed (default), succeeded, failed, expired or cancelled")
+    s.add_argument("--stream", action="store_true",
+                   help="make the answer's pieces readable as they arrive (with --wait: "
+                        "print them, one per line)")
     s.add_argument("--wait", action="store_true", help="wait and print the finished job")
     s.add_argument("--wait-timeout", type=float, default=3600.0)
     s.set_defaults(func=cmd_submit)
@@ -356,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("result", help="print a job's result")
     s.add_argument("job_id")
     s.add_argument("--wait", action="store_true")
+    s.add_argument("--follow", action="store_true",
+                   help="print a streaming job's pieces as they arrive, one per line")
     s.add_argument("--timeout", type=float, default=3600.0)
     s.set_defaults(func=cmd_result)
 

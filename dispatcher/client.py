@@ -13,8 +13,10 @@ import redis
 from celery import Celery
 
 from dispatcher.config import Settings, get_settings
+from dispatcher.errors import JobFailed, JobNotFound, WaitTimeout
 from dispatcher.model import Envelope, Job, Status
 from dispatcher.store import Store, connect, hook_envelope
+from dispatcher.streams import FIRST, result_text, sse_data, sse_end, step
 from dispatcher.submission import first_of_each, new_job, new_jobs
 from dispatcher.waits import RECHECK, next_block
 from dispatcher.worker.app import make_app
@@ -51,17 +53,19 @@ class Client:
         job_id: str | None = None,
         webhook: str | None = None,
         webhook_events: Sequence[str] = ("completed",),
+        stream: bool = False,
     ) -> str:
         """Queue a job; returns its id. ``job_id`` is an idempotency key.
 
         ``priority`` 9 is the most urgent. ``webhook`` gets a signed POST of the
         job when it ends (``webhook_events``: "completed" = any end, or some of
-        "succeeded", "failed", "expired", "cancelled").
+        "succeeded", "failed", "expired", "cancelled"). ``stream``: the answer's pieces
+        are readable as they arrive (``stream()``, ``sse()``, ``dispatcher:stream:<id>``).
         Raises ``InvalidJob`` (a ``ValueError``) naming the bad field.
         """
         job = new_job(self.settings, endpoint, payload, path=path, cost=cost,
                       max_wait=max_wait, timeout=timeout, priority=priority, job_id=job_id,
-                      webhook=webhook, webhook_events=webhook_events)
+                      webhook=webhook, webhook_events=webhook_events, stream=stream)
         if self.store.create(job.id, job.fields, self.settings.publish_grace):
             self._publish_new([job.envelope])
         # else: already submitted: same job, never a second run
@@ -115,6 +119,52 @@ class Client:
             self.store.wait_end(job_id, block, self._blocking())
             job = self.store.view(job_id)
         return job
+
+    def stream(self, job_id: str, timeout: float | None = None, recheck: float = RECHECK
+               ) -> Iterator[str]:
+        """The pieces of a streaming job's answer in order, from the first (a late reader
+        misses none), as they arrive, until the job ends; raises ``JobFailed`` if it did
+        not succeed, ``JobNotFound``, and ``WaitTimeout`` after ``timeout``. A job
+        submitted without ``stream=True`` yields its whole result once it ends."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        job = self.store.view(job_id)
+        if not job.known:
+            raise JobNotFound(job_id)
+        if not job.stream:
+            job = self.wait(job_id, 1e9 if timeout is None else timeout, recheck)
+            if job.status != Status.SUCCEEDED:
+                raise JobFailed(job)
+            yield result_text(job)
+            return
+        last = FIRST
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise WaitTimeout(self.store.view(job_id), timeout or 0)
+            entries = self.store.read_stream(job_id, last, min(left or recheck, recheck),
+                                             self._blocking())
+            st = step(entries, last)
+            last = st.last
+            yield from st.pieces
+            if st.end is not None:
+                if st.end != Status.SUCCEEDED:
+                    raise JobFailed(self.store.view(job_id))
+                return
+            if not entries:  # quiet: is it still there? (a stream outlives no job)
+                job = self.store.view(job_id)
+                if not job.known:
+                    raise JobNotFound(job_id)
+
+    def sse(self, job_id: str, timeout: float | None = None) -> Iterator[bytes]:
+        """``text/event-stream`` bytes of ``stream()``: a ``data:`` event per piece, then
+        ``event: end`` with the job's status. A body for a Flask or Starlette response."""
+        try:
+            for piece in self.stream(job_id, timeout):
+                yield sse_data(piece)
+        except JobFailed as e:
+            yield sse_end(e.job)
+            return
+        yield sse_end(self.store.view(job_id))
 
     def watch(self, job_id: str, timeout: float | None = None, recheck: float = RECHECK
               ) -> Iterator[Job]:

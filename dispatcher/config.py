@@ -111,6 +111,10 @@ class Settings:
         "seconds a worker holds a running job without renewing it (it renews every second "
         "while the GPU call is open): a job whose worker died runs again after this",
         check=lambda v: None if v >= 3 else f"must be >= 3 seconds, got {v!r}")
+    stream_maxlen: int = setting(10_000, "DISPATCHER_STREAM_MAXLEN",
+                                 "pieces a streaming job's Redis stream keeps (the oldest go "
+                                 "first); its full answer is the job's result either way",
+                                 check=_at_least_one)
     max_reroutes: int = setting(3, "DISPATCHER_MAX_REROUTES",
                                 "re-routes after worker errors before a job fails",
                                 check=_non_negative)

@@ -28,6 +28,7 @@ from dispatcher.errors import (
     WorkerAborted,
     WorkerBadAnswer,
     WorkerRejected,
+    WorkerStreamBroken,
     WorkerTimeout,
     WorkerTLSError,
     WorkerUnavailable,
@@ -209,8 +210,14 @@ def _advance(run: Run) -> RunOutcome:
     guard = WATCHDOG.guard(spec.timeout)  # the lease keeper cuts it if the job is cancelled
     rt.inflight.add(run.id, run.token, guard)
     run.gpu_called = True
+    on_pieces = None
+    if f.get("stream") == "1":
+        def on_pieces(pieces: list[str]) -> None:  # as they arrive, never held back
+            rt.store.stream_append(run.id, pieces, s.stream_maxlen,
+                                   spec.timeout + s.result_ttl)
     try:
-        resp = rt.vast.call_worker(answer, spec.path, payload, spec.timeout, guard=guard)
+        resp = rt.vast.call_worker(answer, spec.path, payload, spec.timeout, guard=guard,
+                                   on_pieces=on_pieces)
     except WorkerUnavailable as e:
         run.reroutes += 1
         if run.reroutes > s.max_reroutes:
@@ -223,7 +230,7 @@ def _advance(run: Run) -> RunOutcome:
         return run.wait(f"re-routing ({run.reroutes}/{s.max_reroutes}) after {e}", delay,
                         worker_status=e.status, request_idx="")
     except (WorkerTimeout, WorkerRejected, WorkerBadAnswer, WorkerTLSError,
-            WorkerAborted) as e:
+            WorkerAborted, WorkerStreamBroken) as e:
         # A cut call (WorkerAborted) writes nothing if the job was cancelled meanwhile or
         # another run holds it now: finish says so.
         return run.finish(Status.FAILED, str(e), _kind(e), worker_status=e.status)
@@ -264,6 +271,7 @@ _KINDS = {
     WorkerBadAnswer: "worker_bad_answer",
     WorkerTLSError: "worker_tls",
     WorkerAborted: "worker_aborted",
+    WorkerStreamBroken: "worker_stream_broken",
 }
 
 

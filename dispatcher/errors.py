@@ -59,6 +59,15 @@ class JobNotFound(DispatcherError, LookupError):
         return (type(self), (self.job_id,))
 
 
+class JobFailed(DispatcherError):
+    """A job a reader followed ended without success; ``job`` says how."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(f"job {job.id} {job.status}"
+                         + (f" ({job.error_kind}): {job.error}" if job.error else ""))
+        self.job = job
+
+
 class WebhookSignatureError(DispatcherError, ValueError):
     """A webhook that fails verification; the message names the header and the problem."""
 
@@ -143,6 +152,11 @@ class WorkerTimeout(WorkerError):
 
     Not retryable by default: running it again may run a non-idempotent job twice.
     """
+
+
+class WorkerStreamBroken(WorkerError):
+    """A streamed answer broke after some pieces: they are kept; the GPU did work, so the
+    job is not run again by default (as for a timeout)."""
 
 
 class WorkerBadAnswer(WorkerError):

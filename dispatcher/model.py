@@ -131,6 +131,7 @@ class Job:
     webhook_attempts: int = 0
     webhook_last_error: str | None = None
     webhook_delivery_id: str | None = None
+    stream: bool = False  # its pieces go to a Redis stream as they arrive
 
     @property
     def done(self) -> bool:
@@ -180,4 +181,5 @@ class Job:
             webhook_attempts=_num(h.get("webhook_attempts"), int) or 0,
             webhook_last_error=h.get("webhook_last_error") or None,
             webhook_delivery_id=h.get("webhook_delivery_id") or None,
+            stream=h.get("stream") == "1",
         )

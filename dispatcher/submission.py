@@ -19,7 +19,7 @@ from dispatcher.validation import check_job, check_job_id, check_webhook
 
 # The arguments of submit(), as a batch item or a gateway body names them.
 SUBMIT_FIELDS = ("endpoint", "payload", "path", "cost", "max_wait", "timeout", "priority",
-                 "job_id", "webhook", "webhook_events")
+                 "job_id", "webhook", "webhook_events", "stream")
 REQUIRED_FIELDS = ("endpoint", "payload", "path")
 
 
@@ -45,6 +45,7 @@ def new_job(
     job_id: Any = None,
     webhook: Any = None,
     webhook_events: Any = ("completed",),
+    stream: Any = False,
 ) -> NewJob:
     """Check a submit's arguments; raises ``InvalidJob`` naming the bad field."""
     s = settings
@@ -55,6 +56,8 @@ def new_job(
         priority=priority,
     )
     hook = None if webhook is None else check_webhook(s, webhook, webhook_events)
+    if not isinstance(stream, bool):
+        raise InvalidJob("stream", f"must be true or false, got {stream!r}")
     jid = uuid.uuid4().hex if job_id is None else check_job_id(job_id)
     fields: dict[str, Any] = {
         "id": jid,
@@ -70,6 +73,8 @@ def new_job(
     }
     if hook:
         fields.update(webhook=hook[0], webhook_events=hook[1])
+    if stream:
+        fields["stream"] = 1
     return NewJob(jid, fields, Envelope("dispatch", jid, 0, spec.priority, spec.endpoint))
 
 

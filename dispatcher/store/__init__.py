@@ -227,6 +227,26 @@ class Store:
         k, args = finish_call(self.queue, job_id, status, ttl, fields, wake, grace, token)
         return parse_finish(self._finish(keys=k, args=args))
 
+    def stream_append(self, job_id: str, pieces: list[str], maxlen: int, ttl: float) -> None:
+        """Append a streaming job's pieces, one round trip per batch. The stream lives
+        ``ttl`` seconds unless its job's end sets the job's own expiry."""
+        k = keys.STREAM(job_id)
+        p = self.redis.pipeline(transaction=False)
+        for piece in pieces:
+            p.xadd(k, {"data": piece}, maxlen=maxlen, approximate=True)
+        p.expire(k, int(ttl) + 1)
+        p.execute()
+
+    def read_stream(self, job_id: str, after: str, block: float,
+                    client: redis.Redis | None = None, count: int = 1000
+                    ) -> list[tuple[str, dict[str, str]]]:
+        """Entries of a job's stream after ``after``, blocking up to ``block`` seconds for
+        the first; ``client``: a pool for blocking calls."""
+        r = client or self.redis
+        got = cast(list[Any], r.xread({keys.STREAM(job_id): after}, count=count,
+                                      block=max(1, int(block * 1000))))
+        return cast(list[tuple[str, dict[str, str]]], got[0][1] if got else [])
+
     def renew(self, leases: list[tuple[str, str]], lease: float) -> dict[str, str]:
         """Renew (job id, lease token) leases for ``lease`` seconds; returns the jobs
         whose lease is gone, with their status (the holder cuts their GPU call)."""

@@ -86,8 +86,12 @@ DONE = Key("done", "done:{id}",
 EVENTS = Key("events", "events:{id}",
              "pub/sub channel: the job's new status at each change, for watchers")
 
+STREAM = Key("stream", "stream:{id}",
+             "STREAM of a streaming job's pieces as they arrive ({data}), then one {end: "
+             "<status>} after its terminal write; it expires with the job")
+
 KEYS = (JOB, WAITING, HOOKS, PENDING_INDEX, HELD, GATE, CALLS, R429, COUNTS, SAMPLES,
-        ENDPOINTS, DONE, EVENTS)
+        ENDPOINTS, DONE, EVENTS, STREAM)
 
 JOB_PREFIX = JOB("")  # scripts that get ids from a set build job keys from it
 

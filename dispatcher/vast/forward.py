@@ -13,6 +13,7 @@ import logging
 import os
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from dispatcher.errors import (
@@ -23,11 +24,13 @@ from dispatcher.errors import (
     WorkerError,
     WorkerRejected,
     WorkerSignatureRejected,
+    WorkerStreamBroken,
     WorkerTimeout,
     WorkerTLSError,
     WorkerUnavailable,
 )
 from dispatcher.net import WATCHDOG, Exchange, Guard, NetError, Pool, Target, Watchdog, worker_tls
+from dispatcher.vast.framing import Framer, framer_for
 from dispatcher.vast.protocol import (
     DETAIL_LIMIT,
     TEXT_LIMIT,
@@ -42,6 +45,7 @@ from dispatcher.vast.protocol import (
 log = logging.getLogger("dispatcher.vast")
 
 READ_CHUNK = 64 * 1024
+PieceSink = Callable[[list[str]], None]  # gets each batch of pieces as it arrives
 
 
 class WorkerClient:
@@ -78,9 +82,11 @@ class WorkerClient:
         return redact(text, self._secret)[:TEXT_LIMIT]
 
     def call_worker(self, assignment: Assignment, path: str, payload: Any,
-                    timeout: float, guard: Guard | None = None) -> WorkerResponse:
+                    timeout: float, guard: Guard | None = None,
+                    on_pieces: PieceSink | None = None) -> WorkerResponse:
         """POST the job to its assigned worker. ``timeout`` bounds the whole exchange;
-        ``guard`` (from ``watchdog.guard(timeout)``) lets another thread cut it short."""
+        ``guard`` (from ``watchdog.guard(timeout)``) lets another thread cut it short.
+        ``on_pieces`` gets a successful answer's pieces as they arrive (framing.py)."""
         if not path.startswith("/"):
             raise ValueError(f"path: must start with '/', got {path!r}")
         if not timeout > 0:
@@ -101,7 +107,7 @@ class WorkerClient:
         guard = guard or self.watchdog.guard(timeout)
         try:
             target = Target.parse(assignment.url.rstrip("/") + path)
-            resp = self._call(target, data.encode(), who, guard, timeout, started)
+            resp = self._call(target, data.encode(), who, guard, timeout, started, on_pieces)
         except VastError as e:
             log.debug("%s%s: %s (status %s) after %.3fs", who, path, type(e).__name__,
                       e.status, time.monotonic() - started)
@@ -110,7 +116,7 @@ class WorkerClient:
         return resp
 
     def _call(self, target: Target, data: bytes, who: str, guard: Guard, timeout: float,
-              started: float) -> WorkerResponse:
+              started: float, on_pieces: PieceSink | None) -> WorkerResponse:
         error: WorkerError | None = None
         try:
             # No Authorization header: the key never goes to a worker.
@@ -124,14 +130,16 @@ class WorkerClient:
             raise error
         with ex:
             ok = 200 <= ex.status < 300
-            raw = self._read_body(ex, who, timeout, ok)
             ctype = ex.headers.get("Content-Type")
+            framer = framer_for(ctype) if ok and on_pieces is not None else None
+            raw = self._read_body(ex, who, timeout, ok, framer, on_pieces)
         elapsed = time.monotonic() - started
         if ok:
             try:
                 body = decode_body(raw, ctype)
             except RecursionError:  # JSON nested too deeply to parse: keep it as text
                 body = decode_text(raw, ctype)
+            del raw
             return WorkerResponse(ex.status, body, elapsed)
         self._raise_for_status(who, ex.status, self._clean(decode_text(raw, ctype)))
 
@@ -150,8 +158,12 @@ class WorkerClient:
             return WorkerUnavailable(f"{who}: connect timed out: {detail}")
         return WorkerUnavailable(f"{who}: connection failed: {detail}")
 
-    def _read_body(self, ex: Exchange, who: str, timeout: float, ok: bool) -> bytes:
-        """Read bytes as they arrive, within the exchange's deadline.
+    def _read_body(self, ex: Exchange, who: str, timeout: float, ok: bool,
+                   framer: Framer | None = None, on_pieces: PieceSink | None = None
+                   ) -> bytearray:
+        """Read bytes as they arrive, within the exchange's deadline; with a framer, hand
+        each batch of pieces to ``on_pieces`` at once (the answer is kept once, as bytes,
+        for the job's result).
 
         An error answer is only quoted, so past ``TEXT_LIMIT`` bytes it is cut, not refused.
         """
@@ -159,28 +171,39 @@ class WorkerClient:
         length = ex.headers.get("Content-Length", "")
         if ok and length.isdigit() and int(length) > limit:
             raise _too_large(who, ex.status, limit)
-        chunks: list[bytes] = []
-        size = 0
+        body = bytearray()
         error: WorkerError | None = None
         try:
             while True:
                 chunk = ex.read1(READ_CHUNK)
                 if not chunk:
+                    if framer is not None and on_pieces is not None:
+                        tail = framer.close()
+                        if tail:
+                            on_pieces(tail)
                     break
-                size += len(chunk)
-                if size > limit:
+                if len(body) + len(chunk) > limit:
                     if ok:
                         error = _too_large(who, ex.status, limit)
                     else:
-                        chunks.append(chunk[: limit - size + len(chunk)])
+                        body += chunk[: limit - len(body)]
                     break
-                chunks.append(chunk)
+                body += chunk
+                if framer is not None and on_pieces is not None:
+                    pieces = framer.feed(chunk)
+                    if pieces:
+                        on_pieces(pieces)
         except NetError as e:
             if e.kind == "aborted":
                 error = WorkerAborted(f"{who}: GPU call interrupted mid-answer "
                                       f"({self._clean(str(e))[:200]})", ex.status)
             elif e.kind == "deadline":
                 error = _timeout(who, timeout)
+            elif ok and framer is not None:  # pieces were read: they stay readable
+                error = WorkerStreamBroken(
+                    f"{who}: the stream broke after HTTP {ex.status} and {len(body)} bytes; "
+                    "the pieces received are kept; the GPU did work, so the job is not "
+                    "run again", ex.status)
             elif ok:  # the worker answered success, so it ran the job; the answer is lost
                 error = WorkerTimeout(
                     f"{who}: connection broke mid-answer after HTTP {ex.status}; the GPU "
@@ -188,7 +211,7 @@ class WorkerClient:
             # else: keep the partial error text; the status decides
         if error is not None:
             raise error
-        return b"".join(chunks)
+        return body
 
     @staticmethod
     def _raise_for_status(who: str, status: int, text: str) -> NoReturn:

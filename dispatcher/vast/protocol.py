@@ -108,14 +108,14 @@ def _charset(content_type: str | None) -> str:
     return "utf-8"  # not ISO-8859-1 as requests assumes for text/*: workers speak UTF-8
 
 
-def decode_text(raw: bytes, content_type: str | None) -> str:
+def decode_text(raw: bytes | bytearray, content_type: str | None) -> str:
     try:
         return raw.decode(_charset(content_type), "replace")
     except LookupError:  # an unknown charset name
         return raw.decode("utf-8", "replace")
 
 
-def decode_body(raw: bytes, content_type: str | None) -> Any:
+def decode_body(raw: bytes | bytearray, content_type: str | None) -> Any:
     """JSON if the worker says so (or says nothing and it parses), else text."""
     text = decode_text(raw, content_type)
     ctype = (content_type or "").split(";")[0].strip().lower()

@@ -48,6 +48,13 @@ local function finish_job(job, waiting, hooks, id, status, ttl, grace, fields)
   end
   redis.call('ZREM', waiting, id)
   redis.call('EXPIRE', job, ttl)
+  if redis.call('HGET', job, 'stream') == '1' then
+    -- After the terminal write, in the same script: a reader that sees the end entry
+    -- reads the job's final status and result.
+    local sk = stream_key(id)
+    redis.call('XADD', sk, '*', 'end', status)
+    redis.call('EXPIRE', sk, ttl)
+  end
   index_move(job, id, st, status)
   local h = redis.call('HMGET', job, 'endpoint', 'created_at', 'assigned_at', 'webhook',
     'webhook_events')
