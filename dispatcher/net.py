@@ -55,8 +55,9 @@ def _cut(sock: socket.socket | None) -> None:
 class Guard:
     """One exchange's deadline. Any thread may ``abort`` it; only the owner closes."""
 
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, deadline: float, watchdog: Watchdog | None = None) -> None:
         self.deadline = deadline
+        self._watchdog = watchdog
         self.fired: Literal["deadline", "aborted"] | None = None
         self.reason = ""
         # The socket itself, not the connection: a close-delimited answer takes the
@@ -83,47 +84,71 @@ class Guard:
 
     def done(self) -> None:
         with self._lock:
+            if self.finished:
+                return
             self.finished = True
             self._sock = None
+        if self._watchdog is not None:
+            self._watchdog.finished()
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
 
 
 class Watchdog:
-    """Fires guards at their deadlines; one daemon thread, started on first use."""
+    """Fires guards at their deadlines; one daemon thread, started on first use.
+
+    Finished guards leave the heap lazily; it is rebuilt from the live ones whenever it
+    holds more than twice as many, so its size follows the calls in flight, not the calls
+    made within the longest timeout."""
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, Guard]] = []
         self._seq = itertools.count()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._live = 0  # guards pushed and not finished
+
+    def finished(self) -> None:
+        with self._cond:
+            self._live -= 1
 
     def guard(self, seconds: float) -> Guard:
-        g = Guard(time.monotonic() + seconds)
+        g = Guard(time.monotonic() + seconds, self)
         with self._cond:
-            heapq.heappush(self._heap, (g.deadline, next(self._seq), g))
+            heap = self._heap
+            self._live += 1
+            if len(heap) > 2 * self._live + 64:
+                heap[:] = [e for e in heap if not e[2].finished]
+                heapq.heapify(heap)
+            heapq.heappush(heap, (g.deadline, next(self._seq), g))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="dispatcher-watchdog",
                                                 daemon=True)
                 self._thread.start()
-            elif self._heap[0][2] is g:
+            elif heap[0][2] is g:
                 self._cond.notify()
         return g
+
+    def __len__(self) -> int:
+        return len(self._heap)
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._heap:
+                while self._heap and self._heap[0][2].finished:
+                    heapq.heappop(self._heap)
+                if not self._heap:
                     self._cond.wait()
+                    continue
                 deadline, _, g = self._heap[0]
                 wait = deadline - time.monotonic()
-                if wait > 0 and not g.finished:
+                if wait > 0:
                     self._cond.wait(wait)
                     continue
                 heapq.heappop(self._heap)
-            if not g.finished:
-                g.fire("deadline")
+            g.fire("deadline")
+            g.done()  # fired: no longer live either way
 
 
 WATCHDOG = Watchdog()
