@@ -322,6 +322,18 @@ def cmd_worker(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_gateway(a: argparse.Namespace) -> int:
+    _needs("gateway", "aiohttp")
+    from dispatcher.config import Settings
+    from dispatcher.gateway import GatewayRefused, run
+
+    try:
+        run(Settings.from_env(), a.host, a.port, a.no_auth)
+    except GatewayRefused as e:
+        return _usage_error(str(e))
+    return EXIT_OK
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     _needs("demo", "rich", "aiohttp")
     from dispatcher.dev.demo import run_demo
@@ -409,6 +421,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address to listen on (default %(default)s: it has no auth)")
     s.add_argument("--port", type=int, default=9808)
     s.set_defaults(func=cmd_metrics)
+
+    s = sub.add_parser("gateway", help="serve the HTTP API (POST /v1/jobs, GET /v1/jobs/ID, "
+                                       "...) for apps in any language")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--no-auth", action="store_true",
+                   help="serve without DISPATCHER_GATEWAY_TOKEN (loopback addresses only)")
+    s.set_defaults(func=cmd_gateway)
 
     s = sub.add_parser("config", help="print the settings in force (secrets hidden)")
     s.add_argument("--markdown", action="store_true",
