@@ -21,14 +21,17 @@ from rich.console import Console
 from bench.harness import Harness, machine_info
 from bench.report import Result, markdown, render, write_json
 from bench.scenarios import SCENARIOS, Config
+from bench.web import SCENARIOS as WEB_SCENARIOS
 
 RESULTS = Path(__file__).parent / "results"
+ALL_SCENARIOS = {**SCENARIOS, **WEB_SCENARIOS}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--smoke", action="store_true", help="tiny sizes, for CI (< 2 minutes)")
-    p.add_argument("--scenarios", default="1,2,3,4,5", help="which to run, e.g. 1,4")
+    p.add_argument("--scenarios", default="1,2,3,4,5",
+                   help="which to run, e.g. 1,4; 6-8 (bench/web.py) on request")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON path (default bench/results/latest.json, smoke.json with --smoke)")
     p.add_argument("--throughput-jobs", type=int, help="jobs per pass in scenario 1")
@@ -79,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from(a)
     out = a.out or RESULTS / ("smoke.json" if a.smoke else "latest.json")
     selected = [s.strip() for s in a.scenarios.split(",") if s.strip()]
-    unknown = [s for s in selected if s not in SCENARIOS]
+    unknown = [s for s in selected if s not in ALL_SCENARIOS]
     if unknown:
-        print(f"bench: unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}",
+        print(f"bench: unknown scenario(s) {unknown}; choose from {list(ALL_SCENARIOS)}",
               file=sys.stderr)
         return 2
     console = Console()
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[bold]bench[/] {machine['nproc']} cores, {machine['cpu']}, "
                       f"Redis {machine['redis_server']} at {h.redis_url}; logs in {log_dir}")
         for key in selected:
-            fn = SCENARIOS[key]
+            fn = ALL_SCENARIOS[key]
             redis.Redis.from_url(h.redis_url).flushdb()
             t0 = time.monotonic()
             try:

@@ -26,7 +26,7 @@ from dispatcher.config import Settings, get_settings
 from dispatcher.model import Envelope, Job, Status
 from dispatcher.store import hook_envelope
 from dispatcher.store.aio import AsyncStore, connect
-from dispatcher.submission import first_of_each, new_job, new_jobs
+from dispatcher.submission import NewJob, first_of_each, new_job, new_jobs
 from dispatcher.waits import RECHECK, next_block
 
 if TYPE_CHECKING:
@@ -90,10 +90,15 @@ class AsyncClient:
         """``submit`` that also says whether this call created the job (False: the
         ``job_id`` existed, and the existing job stands)."""
         job = new_job(self.settings, endpoint, payload, **options)
+        return job.id, await self.submit_checked(job)
+
+    async def submit_checked(self, job: NewJob) -> bool:
+        """Write and publish a job ``dispatcher.submission`` built; False if its id
+        existed (the existing job stands)."""
         created = await self.store.create(job.id, job.fields, self.settings.publish_grace)
         if created:
             await self.publish([job.envelope])
-        return job.id, created
+        return created
 
     async def submit_many(self, jobs: Iterable[Mapping[str, Any]], chunk: int = SUBMIT_CHUNK
                           ) -> list[str]:
@@ -104,7 +109,12 @@ class AsyncClient:
                             chunk: int = SUBMIT_CHUNK) -> AsyncIterator[list[str]]:
         """``submit_many`` one chunk at a time; every job is checked before the first
         chunk is written."""
-        checked = new_jobs(self.settings, jobs)
+        async for part in self.submit_checked_many(new_jobs(self.settings, jobs), chunk):
+            yield part
+
+    async def submit_checked_many(self, checked: list[NewJob], chunk: int = SUBMIT_CHUNK
+                                  ) -> AsyncIterator[list[str]]:
+        """``submit_chunks`` of jobs already built by ``dispatcher.submission``."""
         step = max(1, chunk)
         for i in range(0, len(checked), step):
             part = checked[i:i + step]
