@@ -309,13 +309,18 @@ def cmd_worker(a: argparse.Namespace) -> int:
     import dispatcher
 
     s = dispatcher.app.dispatcher_settings
+    # --webhooks: webhook deliveries only, on their own queue and small pool, so a slow
+    # receiver never holds a thread that dispatches jobs.
+    concurrency = a.concurrency or (s.webhook_concurrency if a.webhooks else s.concurrency)
     argv = [
-        "worker", "--pool", "threads", "--concurrency", str(a.concurrency or s.concurrency),
-        "--loglevel", a.loglevel, "--queues", s.queue,
+        "worker", "--pool", "threads", "--concurrency", str(concurrency),
+        "--loglevel", a.loglevel, "--queues", s.webhook_queue if a.webhooks else s.queue,
         "--without-mingle", "--without-gossip",
     ]
     if a.hostname:
         argv += ["--hostname", a.hostname]
+    elif a.webhooks:
+        argv += ["--hostname", "webhooks@%h"]
     if a.events:
         argv.append("--task-events")
     dispatcher.app.worker_main(argv)
@@ -442,6 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the queue to serve (sets DISPATCHER_QUEUE for this worker)")
     s.add_argument("--hostname", default=None)
     s.add_argument("--events", action="store_true", help="send task events (for Flower)")
+    s.add_argument("--webhooks", action="store_true",
+                   help="deliver webhooks only (DISPATCHER_WEBHOOK_QUEUE, "
+                        "DISPATCHER_WEBHOOK_CONCURRENCY threads); run one beside the workers")
     s.set_defaults(func=cmd_worker)
 
     # Handled in main(): its own options belong to dispatcher.emulator.cli.

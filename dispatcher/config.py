@@ -17,12 +17,19 @@ from functools import lru_cache
 from typing import Any
 
 from dispatcher.errors import ConfigError
+from dispatcher.ssrf import AllowList
 
 DEFAULT_ROUTE_URL = "https://run.vast.ai/route/"
 # The smallest default route burst: movers hand due jobs over in 0.1 s batches, so
 # at low rates jobs on time for their slots arrive together (see store/lua/lib/gate.lua,
 # which gets it from store/keys.py).
 ROUTE_MIN_BURST = 3.0
+
+
+def default_webhook_queue(queue: str) -> str:
+    """Webhook deliveries' Celery queue unless DISPATCHER_WEBHOOK_QUEUE names one."""
+    return f"{queue}.webhooks"
+
 
 Check = Callable[[Any], str | None]  # a reason the value is refused, or None
 
@@ -37,6 +44,14 @@ def _non_negative(value: Any) -> str | None:
 
 def _at_least_one(value: Any) -> str | None:
     return None if value >= 1 else f"must be >= 1, got {value!r}"
+
+
+def _allow_list(value: Any) -> str | None:
+    try:
+        AllowList.parse(value)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def setting(default: Any, env: str, doc: str, *, check: Check | None = None,
@@ -159,12 +174,26 @@ class Settings:
     webhook_secret: str | None = setting(None, "DISPATCHER_WEBHOOK_SECRET",
                                          "HMAC-SHA256 key for webhook signatures; required to "
                                          "use webhooks", shown="(none)", secret=True)
-    webhook_timeout: float = setting(10.0, "DISPATCHER_WEBHOOK_TIMEOUT",
-                                     "seconds to wait for the receiver's answer (no retry "
-                                     "after it)", check=_positive)
+    webhook_timeout: float = setting(
+        10.0, "DISPATCHER_WEBHOOK_TIMEOUT",
+        "seconds one delivery attempt may take, lookup, connect and answer together (a "
+        "wall-clock deadline; no retry after it once the request was sent)", check=_positive)
     webhook_attempts: int = setting(8, "DISPATCHER_WEBHOOK_ATTEMPTS",
                                     "delivery attempts before `webhook_status` is `failed`",
                                     check=_at_least_one)
+    webhook_allow: str = setting(
+        "", "DISPATCHER_WEBHOOK_ALLOW",
+        "comma-separated CIDRs and host names webhooks may reach although they are "
+        "loopback, private, link-local or otherwise not public, e.g. "
+        "`10.0.0.0/8,hooks.internal` (refused by default)", shown="(none)",
+        check=_allow_list)
+    webhook_queue: str = setting("", "DISPATCHER_WEBHOOK_QUEUE",
+                                 "Celery queue of webhook deliveries, served by `dispatcher "
+                                 "worker --webhooks`", shown="`<DISPATCHER_QUEUE>.webhooks`")
+    webhook_concurrency: int = setting(
+        8, "DISPATCHER_WEBHOOK_CONCURRENCY",
+        "threads of a `dispatcher worker --webhooks` process (deliveries in flight)",
+        check=_at_least_one)
     task_events: bool = setting(False, "DISPATCHER_TASK_EVENTS",
                                 "`1` sends Celery task events (Flower); the same as "
                                 "`dispatcher worker --events`", shown="off")
@@ -198,6 +227,8 @@ class Settings:
         for name, value in derived.items():
             if getattr(self, name) <= 0:
                 object.__setattr__(self, name, value)
+        if not self.webhook_queue:
+            object.__setattr__(self, "webhook_queue", default_webhook_queue(self.queue))
         if self.default_max_wait > self.max_max_wait:
             raise ConfigError("DISPATCHER_MAX_WAIT: must be <= DISPATCHER_MAX_MAX_WAIT")
         if self.poll_cap < self.poll_base:

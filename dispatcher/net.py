@@ -361,6 +361,12 @@ class Pool:
                     raise NetError("deadline", "no answer in time", sent=sent) from None
                 raise NetError("connect" if not sent else "broken", describe(e),
                                sent=sent) from None
+            # A cut in the middle of the headers reads as their end to http.client: an
+            # answer whose headers the watchdog ended is no answer.
+            if guard.fired == "aborted":
+                raise NetError("aborted", f"aborted: {guard.reason}", sent=True)
+            if guard.fired:
+                raise NetError("deadline", "no answer in time", sent=True)
         except BaseException:
             guard.done()
             conn.close()

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from dispatcher.config import Settings
 from dispatcher.errors import InvalidJob
 from dispatcher.model import JobSpec
+from dispatcher.ssrf import ALLOW_SETTING, AllowList, a_kind, host_name_error, literal_address
 
 JOB_ID_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 # Vast's endpoint names are short and printable ("vLLM-Qwen3-8B"); each name keeps a few
@@ -137,11 +138,16 @@ def check_webhook(settings: Settings, url: Any, events: Any) -> tuple[str, str]:
     """
     if not isinstance(url, str) or not url:
         raise InvalidJob("webhook", "must be an http(s) URL string")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as e:
+        raise InvalidJob("webhook", f"not a valid URL: {e}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidJob("webhook", f"must be an http:// or https:// URL with a host, got {url!r}")
     if any(c.isspace() for c in url):
         raise InvalidJob("webhook", "must not contain whitespace")
+    _check_webhook_host(settings, parts.hostname)
     if isinstance(events, str) or not isinstance(events, list | tuple) or not events:
         raise InvalidJob("webhook_events", f"must be a non-empty list of {list(WEBHOOK_EVENTS)}")
     bad = [e for e in events if e not in WEBHOOK_EVENTS]
@@ -152,3 +158,17 @@ def check_webhook(settings: Settings, url: Any, events: Any) -> tuple[str, str]:
         raise InvalidJob("webhook", "DISPATCHER_WEBHOOK_SECRET is not set: deliveries are "
                                     "signed with it, and unsigned ones are never sent")
     return url, ",".join(dict.fromkeys(events))
+
+
+def _check_webhook_host(settings: Settings, host: str) -> None:
+    """A literal address the delivery would refuse is refused now (issue 11 item 3); a
+    name is checked when it is resolved, at each delivery (``dispatcher/ssrf.py``)."""
+    reason = host_name_error(host)
+    if reason:
+        raise InvalidJob("webhook", reason)
+    ip = literal_address(host)
+    allow = AllowList.parse(settings.webhook_allow)
+    kind = None if ip is None or allow.allows_host(host) else allow.refusal(ip)
+    if kind is not None:
+        raise InvalidJob("webhook", f"{host[:80]} is {a_kind(kind)} address ({ip}): webhooks may "
+                                    f"not go there unless {ALLOW_SETTING} lists it")

@@ -92,7 +92,8 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.chunked:
             lines.append("Transfer-Encoding: chunked\r\n")
         else:
-            lines.append(f"Content-Length: {reply.length if reply.length is not None else len(data)}\r\n")
+            length = reply.length if reply.length is not None else len(data)
+            lines.append(f"Content-Length: {length}\r\n")
         try:
             if reply.header_drip:
                 self._write(lines[0].encode())
@@ -136,18 +137,19 @@ class _Server(ThreadingHTTPServer):
 
 
 class Peer:
-    def __init__(self, tls_context: Any = None) -> None:
+    def __init__(self, tls_context: Any = None, host: str = "127.0.0.1", port: int = 0) -> None:
         self.lock = threading.Lock()
         self.seen: list[Seen] = []
         self.replies: list[Reply] = []
         self.default = Reply(body={})
         handler = type("Handler", (_Handler,), {"peer": self})
-        self.server = _Server(("127.0.0.1", 0), handler)
+        self.server = _Server((host, port), handler)
         scheme = "http"
         if tls_context is not None:
             self.server.socket = tls_context.wrap_socket(self.server.socket, server_side=True)
             scheme = "https"
-        self.url = f"{scheme}://127.0.0.1:{self.server.server_port}"
+        self.port = self.server.server_port
+        self.url = f"{scheme}://{host}:{self.port}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
 
@@ -174,8 +176,8 @@ class Peer:
 
 
 @contextmanager
-def peer(tls_context: Any = None) -> Iterator[Peer]:
-    p = Peer(tls_context)
+def peer(tls_context: Any = None, host: str = "127.0.0.1", port: int = 0) -> Iterator[Peer]:
+    p = Peer(tls_context, host, port)
     try:
         yield p
     finally:

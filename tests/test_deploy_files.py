@@ -80,3 +80,20 @@ def test_compose_serves_metrics_like_the_procfile_and_flower_sees_events() -> No
         "exec " + procfile()["metrics"])
     assert services["worker"]["environment"]["DISPATCHER_TASK_EVENTS"] == "1"
     assert "flower" in command_of(services["flower"])
+
+
+def test_webhooks_run_in_their_own_process() -> None:
+    """Issue 11 item 4: deliveries shared threads with dispatch, so one slow receiver
+    stalled every tenant. They have their own queue and process, in both files."""
+    from dispatcher.cli import build_parser
+
+    procs = procfile()
+    assert procs["webhooks"] == "dispatcher worker --webhooks"
+    services = compose()["services"]
+    assert command_of(services["webhooks"]).endswith("exec " + procs["webhooks"])
+    env = services["webhooks"]["environment"]
+    assert "${REDIS_PASSWORD" in env["REDIS_URL"] and "@redis:6379" in env["REDIS_URL"]
+    assert "DISPATCHER_WEBHOOK_SECRET" in env and "DISPATCHER_WEBHOOK_ALLOW" in env
+    assert "--webhooks" not in command_of(services["worker"])
+    args = build_parser().parse_args(procs["webhooks"].split()[1:])
+    assert args.webhooks and args.func.__name__ == "cmd_worker"

@@ -211,15 +211,15 @@ def test_webhook_attempts_retry_then_fail_and_never_touch_the_job() -> None:
     store = make_store()
     new_job(store, "a", webhook="http://h/x", webhook_events="completed")
     store.finish("a", "succeeded", 60, {"result": "ok", "result_type": "text"})
-    outcome, seq, fields = store.hook_take("a", 1, lease=30)
+    outcome, seq, fields = store.hook_take("a", 1, lease=30, max_attempts=2)
     assert outcome == "ok" and seq == 2 and fields["webhook_attempts"] == "1"
     assert "payload" not in fields
-    assert store.hook_take("a", 1, lease=30)[0] == "stale"  # a duplicate message
+    assert store.hook_take("a", 1, lease=30, max_attempts=2)[0] == "stale"  # a duplicate message
     assert store.hook_done("a", seq, "retry", 0.0, 2, "HTTP 503", 503) == "retry"
     assert store.get("a").webhook_status == "retrying"
     (due,) = store.move_due(10, 60, hooks=True)
     assert (due.id, due.seq) == ("a", seq)
-    outcome, seq, _ = store.hook_take("a", due.seq, lease=30)
+    outcome, seq, _ = store.hook_take("a", due.seq, lease=30, max_attempts=2)
     assert outcome == "ok"
     # Attempts spent: a retry becomes failed.
     assert store.hook_done("a", seq, "retry", 0.0, 2, "HTTP 503", 503) == "failed"
@@ -228,14 +228,14 @@ def test_webhook_attempts_retry_then_fail_and_never_touch_the_job() -> None:
     assert job.webhook_status == "failed" and job.webhook_attempts == 2
     assert job.webhook_last_error == "HTTP 503"
     assert store.redis.zcard(store.hooks) == 0
-    assert store.hook_take("a", seq, 30)[0] == "done"
+    assert store.hook_take("a", seq, 30, 2)[0] == "done"
 
 
 def test_delivered_webhook_leaves_the_hooks_set() -> None:
     store = make_store()
     new_job(store, "a", webhook="http://h/x", webhook_events="completed")
     store.finish("a", "failed", 60, {"error": "boom"})
-    _, seq, _ = store.hook_take("a", 1, 30)
+    _, seq, _ = store.hook_take("a", 1, 30, 5)
     assert store.hook_done("a", seq, "delivered", 0, 5, "HTTP 200", 200) == "delivered"
     assert store.get("a").webhook_status == "delivered" and store.redis.zcard(store.hooks) == 0
 

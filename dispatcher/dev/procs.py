@@ -85,12 +85,16 @@ class Child:
 
 
 def worker_process(env: Mapping[str, str], *, concurrency: int = 64, name: str = "worker",
-                   loglevel: str = "INFO", queue: str | None = None) -> Child:
-    """A real Celery worker, threads pool, as ``dispatcher worker`` runs it."""
+                   loglevel: str = "INFO", queue: str | None = None,
+                   webhooks: bool = False) -> Child:
+    """A real Celery worker, threads pool, as ``dispatcher worker`` runs it
+    (``webhooks``: as ``dispatcher worker --webhooks``, deliveries only)."""
     args = [sys.executable, "-m", "dispatcher", "worker", "--concurrency", str(concurrency),
             "--loglevel", loglevel, "--hostname", f"{name}-{os.getpid()}-{time.time_ns()}@%h"]
     if queue:
         args += ["--queue", queue]
+    if webhooks:
+        args.append("--webhooks")
     return Child(name, args, {**os.environ, **env})
 
 

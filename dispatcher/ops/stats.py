@@ -27,7 +27,10 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def collect(store: Store) -> dict[str, Any]:
     now = store.now()
-    out: dict[str, Any] = {"queue": store.queue, "generated_at": now, "endpoints": {}}
+    out: dict[str, Any] = {"queue": store.queue, "generated_at": now, "endpoints": {},
+                           # Deliveries not over yet: it grows while no `dispatcher worker
+                           # --webhooks` runs (plain workers do not deliver).
+                           "webhooks_queued": store.hooks_waiting()}
     for ep in store.endpoints():
         out["endpoints"][ep] = _endpoint(store, ep, now)
     return out

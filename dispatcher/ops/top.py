@@ -53,6 +53,11 @@ def stats_table(stats: dict[str, Any]) -> Table:
         )
     if not stats["endpoints"]:
         t.caption = "no jobs submitted yet"
+    hooks = stats.get("webhooks_queued") or 0
+    if hooks:
+        note = (f"{hooks} webhook deliveries not over yet (delivered by `dispatcher worker "
+                "--webhooks`)")
+        t.caption = f"{t.caption}; {note}" if t.caption else note
     return t
 
 

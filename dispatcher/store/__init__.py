@@ -17,7 +17,7 @@ from redis.backoff import ExponentialBackoff
 from redis.client import PubSub
 from redis.retry import Retry
 
-from dispatcher.config import RouteBudget
+from dispatcher.config import RouteBudget, default_webhook_queue
 from dispatcher.model import (
     ClaimOutcome,
     Envelope,
@@ -147,9 +147,11 @@ class Store:
     """One queue's view of Redis: job transitions, due work, and the fleet's gates."""
 
     def __init__(self, client: redis.Redis, queue: str, budget: RouteBudget | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, hook_queue: str | None = None) -> None:
         self.redis = client
         self.queue = queue
+        # The Celery queue webhook deliveries are published to (their own workers).
+        self.hook_queue = hook_queue or default_webhook_queue(queue)
         self.budget = budget or RouteBudget()
         self.waiting = keys.WAITING(queue)
         self.hooks = keys.HOOKS(queue)
@@ -277,19 +279,28 @@ class Store:
 
     def move_due(self, limit: int, grace: float, max_backlog: int = 1 << 30,
                  hooks: bool = False) -> list[Envelope]:
-        """Due jobs (or webhook deliveries), none while the broker backlog is full."""
+        """Due jobs (or webhook deliveries), none while the broker backlog is full: the
+        backlog of the queue they go to (deliveries have their own)."""
         task: Task = "webhook" if hooks else "dispatch"
         zset = self.hooks if hooks else self.waiting
+        queue = self.hook_queue if hooks else self.queue
         args: list[Arg] = [limit, grace, max_backlog, "webhook_seq" if hooks else "seq"]
-        raw = self._move_due(keys=[zset, *keys.broker_lists(self.queue)], args=args)
+        raw = self._move_due(keys=[zset, *keys.broker_lists(queue)], args=args)
         return _envelopes(task, raw)
 
-    def hook_take(self, job_id: str, seq: int, lease: float
+    def hook_take(self, job_id: str, seq: int, lease: float, max_attempts: int
                   ) -> tuple[HookOutcome, int, dict[str, str]]:
-        raw = self._hook_take(keys=[keys.JOB(job_id), self.hooks], args=[job_id, seq, lease])
+        """Take one attempt; once ``max_attempts`` were taken the delivery ends failed
+        ("done", with ``webhook_status`` failed in the fields)."""
+        raw = self._hook_take(keys=[keys.JOB(job_id), self.hooks],
+                              args=[job_id, seq, lease, max_attempts])
         if raw[0] != "ok":
-            return raw[0], 0, {}
+            return raw[0], 0, ({"webhook_status": raw[1]} if len(raw) > 1 else {})
         return "ok", int(raw[1]), _pairs(raw[2:])
+
+    def hooks_waiting(self) -> int:
+        """Deliveries not over yet (pending, retrying or in an attempt)."""
+        return int(self.redis.zcard(self.hooks))
 
     def hook_done(self, job_id: str, seq: int, outcome: str, retry_delay: float,
                   max_attempts: int, detail: str, http_status: int | None) -> str:

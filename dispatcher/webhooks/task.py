@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-
-import requests
 
 from dispatcher.model import Job
 from dispatcher.runtime import Runtime
@@ -23,16 +20,6 @@ log = logging.getLogger("dispatcher.webhooks")
 # Job fields a receiver gets; delivery bookkeeping stays out of the body.
 _HIDDEN = ("webhook_status", "webhook_attempts", "webhook_last_error")
 
-_local = threading.local()
-
-
-def _session() -> requests.Session:
-    """One keep-alive session per worker thread (requests sessions are not thread-safe)."""
-    s = getattr(_local, "session", None)
-    if s is None:
-        s = _local.session = requests.Session()
-    return s
-
 
 def body_for(job: Job, event: str) -> bytes:
     view = {k: v for k, v in job.to_dict().items() if k not in _HIDDEN}
@@ -42,9 +29,15 @@ def body_for(job: Job, event: str) -> bytes:
 
 def run_webhook(rt: Runtime, job_id: str, seq: int) -> str:
     s = rt.settings
-    lease = s.webhook_timeout + 30.0  # connect + read timeouts, with slack
-    outcome, seq, fields = rt.store.hook_take(job_id, seq, lease)
+    # An attempt ends at its deadline (webhook_timeout); the lease only covers a worker
+    # that dies mid-attempt. hook_take ends the delivery once its attempts are spent,
+    # however many leases ran out.
+    lease = s.webhook_timeout + 30.0
+    outcome, seq, fields = rt.store.hook_take(job_id, seq, lease, s.webhook_attempts)
     if outcome != "ok":
+        if fields.get("webhook_status") == "failed":
+            log.warning("job %s webhook: failed, all %d attempts taken (the last left no "
+                        "outcome: its worker stopped mid-attempt)", job_id, s.webhook_attempts)
         return outcome
     event = fields.get("webhook_event", "")
     attempts = int(fields.get("webhook_attempts") or 1)
@@ -54,9 +47,9 @@ def run_webhook(rt: Runtime, job_id: str, seq: int) -> str:
         log.error("job %s webhook: %s", job_id, detail)
         return rt.store.hook_done(job_id, seq, "failed", 0, s.webhook_attempts, detail, None)
     attempt = deliver(
-        _session(), fields["webhook"], body_for(Job.from_hash(job_id, fields), event),
+        fields["webhook"], body_for(Job.from_hash(job_id, fields), event),
         secret=s.webhook_secret, delivery_id=fields.get("webhook_delivery_id", job_id),
-        event=event, read_timeout=s.webhook_timeout,
+        event=event, timeout=s.webhook_timeout, allow=s.webhook_allow,
     )
     delay = retry_delay(attempts - 1)
     result = rt.store.hook_done(job_id, seq, attempt.outcome, delay, s.webhook_attempts,

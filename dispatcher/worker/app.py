@@ -83,8 +83,10 @@ def runtime_for(app: Celery) -> Runtime:
         rt = getattr(app, "_dispatcher_runtime", None)
         if rt is None:
             s: Settings = app.dispatcher_settings
-            store = Store(connect(s.redis_url, s.concurrency + 16), s.queue, s.route_budget())
-            rt = Runtime(s, store, VastClient.from_settings(s), CeleryPublisher(app, s.queue))
+            store = Store(connect(s.redis_url, s.concurrency + 16), s.queue, s.route_budget(),
+                          hook_queue=s.webhook_queue)
+            rt = Runtime(s, store, VastClient.from_settings(s),
+                         CeleryPublisher(app, s.queue, s.webhook_queue))
             app._dispatcher_runtime = rt
     return rt
 

@@ -1,4 +1,10 @@
-"""Webhooks end to end: a real worker process POSTs to a real local receiver."""
+"""Webhooks end to end: real worker processes, a real local receiver.
+
+Deliveries run in their own process (``dispatcher worker --webhooks``, issue 11 item 4)
+beside a worker that dispatches. The receivers listen on 127.0.0.1, which webhooks may
+not reach by default (item 3): the fleet here allows it with DISPATCHER_WEBHOOK_ALLOW,
+and one test shows the same receiver refused without it.
+"""
 
 from __future__ import annotations
 
@@ -18,10 +24,15 @@ from dispatcher.dev.procs import Child, wait_for_worker, worker_process
 from dispatcher.dev.redis_server import RedisServer
 from dispatcher.emulator import Emulator, EmulatorConfig
 from dispatcher.errors import InvalidJob
+from dispatcher.store import keys
 from dispatcher.webhooks import verify
+from tests.peer import peer
 
 API_KEY = "hook-vast-key-0a1b"
 SECRET = "hook-signing-secret-9c8d"
+# What an internal service might answer: never kept in webhook_last_error.
+ANSWER = "receiver-answer-canary-51f0"
+TIMEOUT = 4  # DISPATCHER_WEBHOOK_TIMEOUT of the fleet here
 
 
 class Receiver:
@@ -39,43 +50,68 @@ class Receiver:
                 receiver.requests.append({"path": self.path, "headers": dict(self.headers),
                                           "body": body, "at": time.time()})
                 if self.path in receiver.slow:
-                    time.sleep(3)
+                    time.sleep(TIMEOUT + 2)
                 plan = receiver.plan.get(self.path) or []
                 status = plan.pop(0) if plan else 204
+                answer = b"" if status == 204 else f'{{"error": "{ANSWER}"}}'.encode()
                 self.send_response(status)
-                self.send_header("Content-Length", "0")
+                self.send_header("Content-Length", str(len(answer)))
                 self.end_headers()
+                self.wfile.write(answer)
 
             def log_message(self, *args: object) -> None:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def to(self, path: str) -> list[dict[str, Any]]:
         return [r for r in self.requests if r["path"] == path]
 
 
+def fleet_env(redis_server: RedisServer, route_url: str, **extra: str) -> dict[str, str]:
+    return {"REDIS_URL": redis_server.url, "VAST_API_KEY": API_KEY,
+            "VAST_ROUTE_URL": route_url, "DISPATCHER_WEBHOOK_SECRET": SECRET,
+            "DISPATCHER_WEBHOOK_TIMEOUT": str(TIMEOUT), "DISPATCHER_WEBHOOK_ATTEMPTS": "3",
+            "DISPATCHER_MOVER_INTERVAL": "0.05",
+            "DISPATCHER_QUEUE": f"hook-{uuid.uuid4().hex[:6]}", **extra}
+
+
+def webhooks_process(env: dict[str, str]) -> Child:
+    return worker_process(env, concurrency=8, name="webhooks", webhooks=True)
+
+
 @pytest.fixture(scope="module")
-def setup(redis_server: RedisServer) -> Iterator[tuple[Client, Receiver, str]]:
+def vast() -> Iterator[Emulator]:
     config = EmulatorConfig.from_dict({"api_key": API_KEY, "endpoints": {
-        "hooked": {"workers": 1, "max_workers": 1, "cold_start": 0.1, "concurrency": 8}}})
-    receiver = Receiver()
-    with Emulator(config) as vast:
-        env = {"REDIS_URL": redis_server.url, "VAST_API_KEY": API_KEY,
-               "VAST_ROUTE_URL": vast.route_url, "DISPATCHER_WEBHOOK_SECRET": SECRET,
-               "DISPATCHER_WEBHOOK_TIMEOUT": "1", "DISPATCHER_WEBHOOK_ATTEMPTS": "3",
-               "DISPATCHER_MOVER_INTERVAL": "0.05",
-               "DISPATCHER_QUEUE": f"hook-{uuid.uuid4().hex[:6]}"}
-        worker: Child = worker_process(env, concurrency=8)
-        with worker:
-            wait_for_worker(redis_server.url, worker)
-            client = Client(Settings.from_env(env))
-            yield client, receiver, "hooked"
-            client.close()
-            logs = worker.log_text()
-    receiver.server.shutdown()
+        "hooked": {"workers": 1, "max_workers": 1, "cold_start": 0.1, "concurrency": 16}}})
+    with Emulator(config) as emulator:
+        yield emulator
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def setup(redis_server: RedisServer, vast: Emulator, receiver: Receiver
+          ) -> Iterator[tuple[Client, Receiver, str]]:
+    # Deliveries here go to receivers on 127.0.0.1: allowed for this fleet only.
+    env = fleet_env(redis_server, vast.route_url, DISPATCHER_WEBHOOK_ALLOW="127.0.0.0/8")
+    worker: Child = worker_process(env, concurrency=4)
+    hooks = webhooks_process(env)
+    with worker, hooks:
+        wait_for_worker(redis_server.url, worker)
+        wait_for_worker(redis_server.url, hooks)
+        client = Client(Settings.from_env(env))
+        yield client, receiver, "hooked"
+        client.close()
+        logs = worker.log_text() + hooks.log_text()
     assert SECRET not in logs and API_KEY not in logs
 
 
@@ -128,7 +164,92 @@ def test_a_dead_receiver_never_changes_the_job(setup: tuple[Client, Receiver, st
     assert job.status == "succeeded" and job.result is not None and job.error is None
 
 
-def test_read_timeout_is_not_retried(setup: tuple[Client, Receiver, str]) -> None:
+def test_the_receivers_status_is_kept_never_its_body(
+        setup: tuple[Client, Receiver, str]) -> None:
+    """Issue 11 item 3: an internal service's answer was quoted in webhook_last_error."""
+    client, receiver, ep = setup
+    receiver.plan["/gone"] = [404]
+    job_id = client.submit(ep, {"n": 6}, path="/x", webhook=receiver.url + "/gone")
+    job = _hook_settled(client, job_id)
+    assert job.webhook_status == "failed" and job.webhook_attempts == 1
+    stored = client.store.redis.hgetall(keys.job_key(job_id))
+    assert stored["webhook_last_status"] == "404"
+    assert stored["webhook_last_error"] == "HTTP 404 from receiver, not retried"
+    assert ANSWER not in str(stored)
+
+
+def test_a_hostile_receiver_stalls_no_dispatch(setup: tuple[Client, Receiver, str]) -> None:
+    """Issue 11 item 4: deliveries shared the dispatch threads, and a receiver that drips
+    a header line a second held each one far past its timeout. Now 8 such deliveries
+    (twice the dispatch worker's threads) hold only webhook threads, each until its
+    deadline: jobs submitted meanwhile all end while every delivery is still open."""
+    client, _, ep = setup
+    with peer() as drip:
+        drip.reply(status=200, header_drip=1.0)  # 30 lines: 30 s unless cut
+        hooked = [client.submit(ep, {"n": n}, path="/x", webhook=drip.url + "/drip")
+                  for n in range(8)]
+        assert {client.wait(i, timeout=30).status for i in hooked} == {"succeeded"}
+        deadline = time.time() + 20
+        while len(drip.seen) < 8 and time.time() < deadline:
+            time.sleep(0.05)
+        plain = [client.submit(ep, {"plain": n}, path="/x") for n in range(8)]
+        assert {client.wait(i, timeout=30).status for i in plain} == {"succeeded"}
+        open_now = [client.get_job(i) for i in hooked]
+        assert [(j.webhook_status, j.webhook_attempts) for j in open_now] == [
+            ("pending", 1)] * 8
+        assert len(drip.seen) == 8
+        # Each attempt ends at DISPATCHER_WEBHOOK_TIMEOUT, not when the drip would.
+        for i in hooked:
+            job = _hook_settled(client, i, timeout=20)
+            assert job.webhook_status == "failed" and job.webhook_attempts == 1
+            assert "timeout" in job.webhook_last_error.lower()
+        assert len(drip.seen) == 8  # a request that was sent is not sent again
+
+
+def test_deliveries_wait_for_a_webhooks_worker_and_loopback_needs_the_allow_list(
+        redis_server: RedisServer, vast: Emulator, receiver: Receiver) -> None:
+    """A fleet without DISPATCHER_WEBHOOK_ALLOW. Plain workers deliver nothing (stats
+    shows the deliveries waiting); the webhooks worker then refuses the receiver the
+    other fleet reaches, at 127.0.0.1, whichever way the URL names it."""
+    env = fleet_env(redis_server, vast.route_url)
+    client = Client(Settings.from_env(env))
+    # A client that allows loopback, submitting to this fleet: the workers decide.
+    lenient = Client(Settings.from_env({**env, "DISPATCHER_WEBHOOK_ALLOW": "127.0.0.0/8"}))
+    with pytest.raises(InvalidJob, match="DISPATCHER_WEBHOOK_ALLOW") as e:
+        client.submit("hooked", {}, path="/x", webhook=receiver.url + "/literal")
+    assert e.value.field == "webhook"
+    worker = worker_process(env, concurrency=2)
+    with worker:
+        wait_for_worker(redis_server.url, worker)
+        by_name = client.submit("hooked", {"n": 1}, path="/x",
+                                webhook=f"http://localhost:{receiver.port}/by-name")
+        literal = lenient.submit("hooked", {"n": 2}, path="/x",
+                                 webhook=receiver.url + "/literal")
+        for i in (by_name, literal):
+            assert client.wait(i, timeout=30).status == "succeeded"
+        time.sleep(1.5)  # many mover rounds: nothing delivers without a webhooks worker
+        for i in (by_name, literal):
+            job = client.get_job(i)
+            assert (job.webhook_status, job.webhook_attempts) == ("pending", 0)
+        assert client.stats()["webhooks_queued"] == 2
+        hooks = webhooks_process(env)
+        with hooks:
+            wait_for_worker(redis_server.url, hooks)
+            for i in (by_name, literal):
+                job = _hook_settled(client, i)
+                assert job.webhook_status == "failed" and job.webhook_attempts == 1
+                assert "loopback" in job.webhook_last_error
+                assert "DISPATCHER_WEBHOOK_ALLOW" in job.webhook_last_error
+                assert job.status == "succeeded"
+            assert client.stats()["webhooks_queued"] == 0
+            logs = hooks.log_text()
+    assert receiver.to("/by-name") == [] and receiver.to("/literal") == []
+    assert SECRET not in logs + worker.log_text()
+    client.close()
+    lenient.close()
+
+
+def test_no_answer_in_time_is_not_retried(setup: tuple[Client, Receiver, str]) -> None:
     client, receiver, ep = setup
     receiver.slow.add("/slow")
     job_id = client.submit(ep, {"n": 3}, path="/x", webhook=receiver.url + "/slow")

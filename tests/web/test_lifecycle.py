@@ -38,12 +38,16 @@ def env(redis_server: RedisServer) -> Iterator[dict[str, str]]:
              "DISPATCHER_WEBHOOK_TIMEOUT": "2", "DISPATCHER_WEBHOOK_ATTEMPTS": "4",
              "DISPATCHER_MOVER_INTERVAL": "0.05", "DISPATCHER_POLL_BASE": "0.1",
              "DISPATCHER_POLL_CAP": "0.3", "DISPATCHER_MAX_REROUTES": "2",
-             "DISPATCHER_QUEUE": f"life-{uuid.uuid4().hex[:6]}", "_EMULATOR": vast.url}
+             "DISPATCHER_QUEUE": f"life-{uuid.uuid4().hex[:6]}", "_EMULATOR": vast.url,
+             # The receiver is on 127.0.0.1, refused unless allowed (issue 11 item 3).
+             "DISPATCHER_WEBHOOK_ALLOW": "127.0.0.0/8"}
         worker = worker_process(e, concurrency=16)
-        with worker:
+        hooks = worker_process(e, concurrency=4, name="webhooks", webhooks=True)
+        with worker, hooks:
             wait_for_worker(redis_server.url, worker)
+            wait_for_worker(redis_server.url, hooks)
             yield e
-            logs = worker.log_text()
+            logs = worker.log_text() + hooks.log_text()
     assert SECRET not in logs and API_KEY not in logs
 
 
