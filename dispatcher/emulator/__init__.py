@@ -46,5 +46,7 @@ name adds one) or an action: ``stop_all``, ``cold_start`` (``seconds``), ``start
 
 from dispatcher.emulator.config import ConfigError, EmulatorConfig, EndpointConfig
 from dispatcher.emulator.server import Emulator
+from dispatcher.emulator.streams import ExpectedStream, expected_stream
 
-__all__ = ["ConfigError", "Emulator", "EmulatorConfig", "EndpointConfig"]
+__all__ = ["ConfigError", "Emulator", "EmulatorConfig", "EndpointConfig", "ExpectedStream",
+           "expected_stream"]

@@ -20,7 +20,12 @@ LATENCY_FIELDS = {"fixed": ("seconds",), "uniform": ("low", "high"),
                   "lognormal": ("median", "sigma")}
 
 
-SIMULATED_ONLY = ("workers", "max_workers", "tls")  # refused when set on a PyWorker endpoint
+SIMULATED_ONLY = ("workers", "max_workers", "tls", "stream")  # refused on a PyWorker endpoint
+# Streamed answers (docs/emulator.md, "Streaming workers"): the endpoint's ``stream`` and the
+# ``emulate.stream`` directive take these fields; what either leaves out is the default.
+STREAM_FORMATS = ("sse", "ndjson", "raw")
+STREAM_DEFAULTS: dict[str, Any] = {"pieces": 8, "interval": 0.05, "format": "sse",
+                                   "drop_after": None}
 
 
 class ConfigError(ValueError):
@@ -68,6 +73,44 @@ def check_latency(value: Any, name: str = "latency") -> dict[str, Any]:
     return out
 
 
+def check_stream_fields(value: Any, name: str) -> dict[str, Any]:
+    """The validated fields of a ``stream`` object, without defaults filled in."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{name}: must be an object, true, false or null, got {value!r}")
+    unknown = sorted(set(value) - set(STREAM_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"{name}: unknown field(s) {unknown}; known: {list(STREAM_DEFAULTS)}")
+    out: dict[str, Any] = {}
+    if "pieces" in value:
+        out["pieces"] = check_integer(f"{name}.pieces", value["pieces"])
+    if "interval" in value:
+        out["interval"] = check_number(f"{name}.interval", value["interval"])
+    if "format" in value:
+        fmt = value["format"]
+        if not isinstance(fmt, str) or fmt not in STREAM_FORMATS:
+            raise ConfigError(f"{name}.format: must be one of {list(STREAM_FORMATS)}, got {fmt!r}")
+        out["format"] = fmt
+    if "drop_after" in value and value["drop_after"] is not None:
+        out["drop_after"] = check_integer(f"{name}.drop_after", value["drop_after"])
+    elif "drop_after" in value:
+        out["drop_after"] = None
+    return out
+
+
+def check_stream(value: Any, name: str = "stream") -> dict[str, Any] | None:
+    """An endpoint's stream settings, defaults filled in; None (or false) for no streaming."""
+    if value is None or value is False:
+        return None
+    return {**STREAM_DEFAULTS, **check_stream_fields({} if value is True else value, name)}
+
+
+def stream_seconds(stream: Mapping[str, Any] | None) -> float:
+    """How long a streamed answer takes after its first piece."""
+    if not stream:
+        return 0.0
+    return max(0, stream["pieces"] - 1) * stream["interval"]
+
+
 def mean_latency(latency: Mapping[str, Any]) -> float:
     kind = latency["kind"]
     if kind == "fixed":
@@ -103,6 +146,8 @@ class EndpointConfig:
     mtoken: str | None = None  # the PyWorkers' MASTER_TOKEN; None: the endpoint's name
     report_timeout: float = 30.0  # a PyWorker silent this long is not routed to
     tls: bool = False  # HTTPS workers under a root CA shaped like Vast's (GET /_emulator/ca.pem)
+    # Successful answers stream: {"pieces", "interval", "format", "drop_after"} (STREAM_DEFAULTS)
+    stream: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.answer_shape not in ANSWER_SHAPES:
@@ -132,6 +177,7 @@ class EndpointConfig:
                 raise ConfigError(f"max_workers: must be >= workers ({self.workers}), "
                                   f"got {self.max_workers}")
         object.__setattr__(self, "latency", check_latency(self.latency))
+        object.__setattr__(self, "stream", check_stream(self.stream))
 
     @property
     def worker_limit(self) -> int:
@@ -147,7 +193,8 @@ class EndpointConfig:
 
     @property
     def mean_latency(self) -> float:
-        return mean_latency(self.latency)
+        """Seconds an execution holds its slot, on average (a stream holds it to the end)."""
+        return mean_latency(self.latency) + stream_seconds(self.stream)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], base: EndpointConfig | None = None) -> EndpointConfig:

@@ -381,6 +381,8 @@ class Emulator:
             snap["endpoints"][name] = {
                 **ep.counts(), "status": ep.status_text(), "pending": len(ep.pending),
                 "outstanding": sum(w.outstanding for w in workers),
+                "queued": sum(w.gate.queued for w in ep.workers),
+                "running": sum(w.gate.running for w in ep.workers),
                 "scripted_left": len(ep.script)}
             if ep.real_workers:
                 snap["endpoints"][name]["pyworkers"] = [pw.snapshot(t) for pw in workers]

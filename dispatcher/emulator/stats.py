@@ -13,8 +13,11 @@ from typing import Any
 ROUTE_OUTCOMES = ("calls", "assigned", "no_worker", "bad_request", "unauthorized",
                   "rate_limited", "server_error", "reset", "scripted")
 WORKER_COUNTERS = ("executions", "succeeded", "failed", "hung", "cancelled",
+                   "cancelled_by_client", "cancelled_while_queued",
                    "rejected_signature", "rejected_replay", "rejected_tampered", "malformed",
-                   "admission_rejected", "warmup_rejected")
+                   "admission_rejected", "warmup_rejected",
+                   "streams", "streams_completed", "streams_dropped", "stream_pieces",
+                   "dripped", "body_dripped", "nested_answers", "huge_answers", "cut_answers")
 # Real PyWorkers' reports (docs/emulator.md, "Develop your PyWorker offline").
 PYWORKER_COUNTERS = ("reports", "reports_rejected", "delete_requests", "requests_finished")
 
@@ -26,6 +29,8 @@ class Stats:
     pyworker: Counter[str] = field(default_factory=Counter)
     executions_by_payload: Counter[str] = field(default_factory=Counter)
     worker_seconds_by_payload: dict[str, float] = field(default_factory=dict)
+    cancelled_by_payload: Counter[str] = field(default_factory=Counter)
+    stream_pieces_by_payload: Counter[str] = field(default_factory=Counter)
     route_seconds_total: float = 0.0
     assignments: int = 0
     in_flight: int = 0
@@ -43,6 +48,17 @@ class Stats:
     def execution_ended(self, pid: str, seconds: float) -> None:
         self.in_flight -= 1
         self.worker_seconds_by_payload[pid] = seconds
+
+    def client_left(self, pid: str, queued: bool) -> None:
+        """The client closed its connection before the answer's last byte: the work stops."""
+        self.worker["cancelled_by_client"] += 1
+        if queued:
+            self.worker["cancelled_while_queued"] += 1
+        self.cancelled_by_payload[pid] += 1
+
+    def piece_sent(self, pid: str) -> None:
+        self.worker["stream_pieces"] += 1
+        self.stream_pieces_by_payload[pid] += 1
 
     def reset(self) -> None:
         """Zero every counter; executions still running stay counted as in flight."""
@@ -63,6 +79,8 @@ class Stats:
             "executions_by_payload": execs,
             "duplicate_executions": sum(n - 1 for n in execs.values() if n > 1),
             "worker_seconds_by_payload": dict(self.worker_seconds_by_payload),
+            "cancelled_by_payload": dict(self.cancelled_by_payload),
+            "stream_pieces_by_payload": dict(self.stream_pieces_by_payload),
             "route_seconds_total": self.route_seconds_total,
             "pyworker": {k: self.pyworker.get(k, 0) for k in PYWORKER_COUNTERS},
         }

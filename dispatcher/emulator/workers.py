@@ -24,12 +24,13 @@ import contextlib
 import json
 import logging
 import socket
-import struct
 import time
 from typing import Any
 
 from aiohttp import web
 
+from dispatcher.emulator import answers
+from dispatcher.emulator.answers import Answer, reset
 from dispatcher.emulator.config import ConfigError
 from dispatcher.emulator.directives import parse_directives
 from dispatcher.emulator.fleet import (
@@ -47,26 +48,15 @@ from dispatcher.emulator.fleet import (
     now,
     payload_id,
 )
+from dispatcher.emulator.streams import resolve
+
+__all__ = ["BACKLOG", "MAX_BODY", "Workers", "bind_port", "reset"]
 
 log = logging.getLogger("dispatcher.emulator")
 
 BACKLOG = 4096
 MAX_BODY = 64 * 1024 * 1024
 REASON_HEADER = "X-Emulator-Reason"  # why a worker refused: not something Vast sends
-_LINGER_RESET = struct.pack("ii", 1, 0)
-
-
-def reset(transport: Any) -> None:
-    """Drop a connection with a TCP reset and no HTTP answer."""
-    if transport is None or transport.is_closing():
-        return
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-        except OSError:
-            pass
-    transport.abort()
 
 
 def bind_port(port: int = 0) -> socket.socket:
@@ -328,42 +318,103 @@ class Workers:
                        directives: dict[str, Any], reqnum: Any) -> web.StreamResponse:
         st = self.fleet.stats
         pid = payload_id(payload)
-        await w.gate.acquire()  # FIFO; cancelled here if the client leaves while queued
+        generation = w.generation  # bumped if the worker stops: then the client did not leave
+        try:
+            await w.gate.acquire()  # FIFO; cancelled here if the client leaves while queued
+        except asyncio.CancelledError:
+            if w.generation == generation:
+                st.client_left(pid, queued=True)
+            raise
         started = time.perf_counter()
         n_exec = st.execution_started(pid)
         try:
-            return await self._answer(request, w, payload, directives, n_exec, reqnum)
-        except asyncio.CancelledError:
+            return await self._answer(request, w, payload, directives, n_exec, reqnum, pid)
+        except (asyncio.CancelledError, ConnectionError) as e:
+            # The connection is gone: the client left (cancelled, or gone mid-write), or the
+            # worker stopped and reset it. Either way the simulated work ends here.
             st.worker["cancelled"] += 1
-            raise
+            if w.generation == generation:
+                st.client_left(pid, queued=False)
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            return web.Response()  # never sent: nobody is listening
         finally:
             w.gate.release()
             st.execution_ended(pid, time.perf_counter() - started)
             w.last_active = now()
 
     async def _answer(self, request: web.Request, w: Worker, payload: Any, d: dict[str, Any],
-                      n_exec: int, reqnum: Any) -> web.StreamResponse:
+                      n_exec: int, reqnum: Any, pid: str) -> web.StreamResponse:
         st, cfg, rng = self.fleet.stats, w.endpoint.config, self.fleet.rng
         if w.hangs or d.get("hang") or (cfg.hang_rate and rng.random() < cfg.hang_rate):
             st.worker["hung"] += 1
             await asyncio.get_running_loop().create_future()  # ends only by cancellation
         await asyncio.sleep(d["sleep"] if "sleep" in d else draw_latency(cfg.latency, rng))
-        if "status" in d:
+        ans: Answer | None = None
+        if "status" in d and n_exec <= d.get("status_times", n_exec):
             status = d["status"]
-            st.worker["succeeded" if status < 400 else "failed"] += 1
-            if status in (204, 304):
-                return web.Response(status=status)
-            return _text(status, f"emulated status {status}")
-        if n_exec <= d.get("fail_times", 0) or (
+            if "json" in d:
+                ans = Answer(status, "application/json", d["json"])
+            elif status in (204, 304):
+                ans = Answer(status, None)
+            else:
+                ans = Answer(status, "text/plain", f"emulated status {status}".encode())
+        elif n_exec <= d.get("fail_times", 0) or (
                 cfg.failure_rate and rng.random() < cfg.failure_rate):
-            st.worker["failed"] += 1
-            return _text(500, "Internal Server Error (emulated)")
-        st.worker["succeeded"] += 1
-        if "text" in d:
-            return web.Response(text=d["text"], content_type="text/plain")
-        answer: dict[str, Any] = {"ok": True, "endpoint": w.endpoint.name, "path": request.path,
-                                  "worker": w.url, "reqnum": reqnum, "payload": payload}
-        if "size" in d:
+            ans = Answer(500, "text/plain", b"Internal Server Error (emulated)")
+        elif not d:  # the common case, kept short: the echo, or the endpoint's stream
+            if cfg.stream is None:
+                st.worker["succeeded"] += 1
+                return web.json_response(self._echo(request, w, payload, reqnum))
+        elif "text" in d:
+            ans = Answer(200, "text/plain", d["text"].encode())
+        elif "nested" in d:
+            st.worker["nested_answers"] += 1
+            depth = d["nested"]["depth"]
+            ans = Answer(200, "application/json", b"[" * depth + b"]" * depth)
+        elif "huge" in d:
+            st.worker["huge_answers"] += 1
+            ans = Answer(200, "text/plain", huge=d["huge"]["bytes"],
+                         chunked=d["huge"]["chunked"])
+        elif "size" in d:
+            answer = self._echo(request, w, payload, reqnum)
             pad = d["size"] - len(json.dumps(answer)) - len(',"padding":""')
             answer["padding"] = "x" * max(0, pad)
-        return web.json_response(answer)
+            ans = Answer(200, "application/json", json.dumps(answer).encode())
+        if ans is None:  # a success: streamed, unless a directive says how to answer instead
+            settings = None if any(k in d for k in ("drip", "body_drip", "cut")) else resolve(
+                cfg.stream, d.get("stream"))
+            if settings is not None:
+                st.worker["streams"] += 1
+                resp, dropped = await answers.send_stream(request, pid, settings, st.piece_sent)
+                st.worker["streams_dropped" if dropped else "streams_completed"] += 1
+                if not dropped:
+                    st.worker["succeeded"] += 1
+                return resp
+            body = json.dumps(self._echo(request, w, payload, reqnum)).encode()
+            ans = Answer(200, "application/json", body)
+        return await self._send(request, ans, d)
+
+    async def _send(self, request: web.Request, ans: Answer,
+                    d: dict[str, Any]) -> web.StreamResponse:
+        """Send as the directives say, counting the outcome once the last byte is out."""
+        st = self.fleet.stats
+        if "cut" in d:
+            st.worker["cut_answers"] += 1
+            return await answers.send_cut(request, ans, d["cut"]["fraction"])
+        if "drip" in d:
+            st.worker["dripped"] += 1
+            resp = await answers.send_drip(request, ans, d["drip"]["interval"],
+                                           d["drip"]["count"])
+        elif "body_drip" in d:
+            st.worker["body_dripped"] += 1
+            resp = await answers.send_body_drip(request, ans, d["body_drip"]["interval"])
+        else:
+            resp = await answers.send(request, ans)
+        st.worker["succeeded" if ans.status < 400 else "failed"] += 1
+        return resp
+
+    @staticmethod
+    def _echo(request: web.Request, w: Worker, payload: Any, reqnum: Any) -> dict[str, Any]:
+        return {"ok": True, "endpoint": w.endpoint.name, "path": request.path,
+                "worker": w.url, "reqnum": reqnum, "payload": payload}

@@ -166,18 +166,24 @@ def test_stats_shape_and_counters(vast: Emulator) -> None:
                           "scripted": 0}
     assert s["assignments"] == 5
     assert s["workers"] == {"executions": 5, "succeeded": 5, "failed": 0, "hung": 0,
-                            "cancelled": 0, "rejected_signature": 0, "rejected_replay": 1,
-                            "rejected_tampered": 0, "malformed": 0, "admission_rejected": 0,
-                            "warmup_rejected": 0,
+                            "cancelled": 0, "cancelled_by_client": 0,
+                            "cancelled_while_queued": 0, "rejected_signature": 0,
+                            "rejected_replay": 1, "rejected_tampered": 0, "malformed": 0,
+                            "admission_rejected": 0, "warmup_rejected": 0, "streams": 0,
+                            "streams_completed": 0, "streams_dropped": 0, "stream_pieces": 0,
+                            "dripped": 0, "body_dripped": 0, "nested_answers": 0,
+                            "huge_answers": 0, "cut_answers": 0,
                             "in_flight": 0, "peak_in_flight": 1}
     assert s["rejected_replay"] == 1 and s["executions"] == 5  # also at the top level
     assert s["executions_by_payload"] == {"twice": 2, "thrice": 3}
     assert s["duplicate_executions"] == 3
     assert set(s["worker_seconds_by_payload"]) == {"twice", "thrice"}
+    assert s["cancelled_by_payload"] == {} and s["stream_pieces_by_payload"] == {}
     assert s["route_seconds_total"] > 0
     assert s["endpoints"]["llm"] == {"ready": 2, "loading": 0, "stopped": 0,
                                      "status": "0 loading, 2 idle, 0 busy", "pending": 0,
-                                     "outstanding": 0, "scripted_left": 0}
+                                     "outstanding": 0, "queued": 0, "running": 0,
+                                     "scripted_left": 0}
     vast.configure({"action": "reset_stats"})
     s = vast.stats()
     assert s["route"]["calls"] == 0 and s["executions_by_payload"] == {}

@@ -21,7 +21,7 @@ def test_cold_start_answers_no_worker_then_assigns() -> None:
     with Emulator(cfg) as vast:
         assert vast.stats()["endpoints"]["cold"] == {
             "ready": 0, "loading": 0, "stopped": 1, "status": "Stopped", "pending": 0,
-            "outstanding": 0, "scripted_left": 0}
+            "outstanding": 0, "queued": 0, "running": 0, "scripted_left": 0}
         t0 = time.monotonic()
         first = route(vast, {"endpoint": "cold", "cost": 1}).json()
         assert "url" not in first and first["status"] == "1 loading, 0 idle, 0 busy"
