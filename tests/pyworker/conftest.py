@@ -32,6 +32,9 @@ ON_LOAD = "MODEL LOADED: ready for requests"
 
 # A model server as a user might write one: it logs the PyWorker's on_load line once it
 # listens, echoes each request (after "sleep" seconds if asked), and has a healthcheck.
+# POST /generate_stream streams as an OpenAI-style server does (text/event-stream, chunked):
+# "pieces" events (default 5), one per "interval" seconds (default 0.05), each written and
+# flushed at its time with the time.time() it was written ("t"), then "data: [DONE]".
 MODEL_SERVER = textwrap.dedent('''
     import json, os, sys, time
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -56,8 +59,35 @@ MODEL_SERVER = textwrap.dedent('''
 
         def do_POST(self):
             payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if self.path == "/generate_stream":
+                return self._stream(payload)
             time.sleep(payload.get("sleep", 0) if isinstance(payload, dict) else 0)
             self._send(200, {"path": self.path, "echo": payload, "model_pid": os.getpid()})
+
+        def _stream(self, payload):
+            pieces, interval = payload.get("pieces", 5), payload.get("interval", 0.05)
+            self.protocol_version = "HTTP/1.1"  # chunked, as vLLM and TGI answer
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Connection", "close")
+            self.end_headers()
+
+            def chunk(data):
+                self.wfile.write(b"%x\\r\\n%s\\r\\n" % (len(data), data))
+                self.wfile.flush()
+
+            for i in range(pieces):
+                if i:
+                    time.sleep(interval)
+                event = {"id": payload.get("id"), "i": i, "t": time.time(), "choices": [
+                    {"index": 0, "text": f"tok{i} ",
+                     "finish_reason": "stop" if i == pieces - 1 else None}]}
+                chunk(b"data: " + json.dumps(event).encode() + b"\\n\\n")
+            chunk(b"data: [DONE]\\n\\n")
+            self.wfile.write(b"0\\r\\n\\r\\n")
+            self.wfile.flush()
 
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     time.sleep(delay)  # "loading the model"
@@ -84,6 +114,10 @@ WORKER_PY = textwrap.dedent(f'''
             max_queue_time=60.0,
             benchmark_config=BenchmarkConfig(dataset=[{{"prompt": "benchmark"}}], runs=1,
                                              concurrency=1, do_warmup=False),
+        ), HandlerConfig(  # a route of its own: PyWorker serves only the routes it is given
+            route="/generate_stream",
+            allow_parallel_requests=True,
+            max_queue_time=60.0,
         )],
         log_action_config=LogActionConfig(on_load=[{ON_LOAD!r}]),
     )).run(host="127.0.0.1")
