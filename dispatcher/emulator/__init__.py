@@ -27,9 +27,13 @@ They check ``auth_data`` as Vast's PyWorker does (422 in its JSON shape for a mi
 401 with an empty body for a bad signature, 429 above ``max_queue_time``) and, stricter than
 Vast as detectors of dispatcher bugs, refuse a replayed ``reqnum`` and anything but the
 assignment issued, verbatim (401; ``reject_replay`` / ``reject_tampered`` turn them off). They
-answer ``{"ok": true, "endpoint", "path", "worker", "reqnum", "payload"}``, or what a
-payload's ``"emulate": {...}`` directives say (``sleep``, ``status``, ``fail_times``, ``hang``,
-``text``, ``size``).
+answer ``{"ok": true, "endpoint", "path", "worker", "reqnum", "payload"}``, or a stream (the
+endpoint's ``stream``: ``pieces``, ``interval``, ``format`` sse/ndjson/raw, ``drop_after``),
+or what a payload's ``"emulate": {...}`` directives say: ``sleep``, ``status`` (with ``json``
+and ``status_times``), ``fail_times``, ``hang``, ``text``, ``size``, ``stream``, and hostile
+answers ``drip``, ``body_drip``, ``nested``, ``huge``, ``cut``. ``expected_stream(payload)``
+is what a payload streams (its pieces are a function of its id). A client that closes its
+connection stops the work, counted as ``cancelled_by_client`` (and ``cancelled_by_payload``).
 
 Real PyWorkers: an endpoint with ``workers_from: "pyworker"`` has no simulated workers; Vast's
 own PyWorker processes register as on Vast (``REPORT_ADDR`` at the emulator, ``POST

@@ -8,8 +8,9 @@ resets every connection it had, so requests in flight die as they do on a real i
 The request path is a PyWorker's: JSON with ``auth_data`` and ``payload``, and the
 ``auth_data`` fields it requires (else 422, in PyWorker's JSON shape), the signature (else
 401, empty body), admission control on estimated queue time (else 429), then the work
-itself, FIFO or in parallel. A client that disconnects cancels its request, queued or
-running, as Vast's worker does.
+itself, FIFO or in parallel, answered at once or streamed (``answers``). A client that
+disconnects cancels its request, queued or running, as Vast's worker does; that is counted as
+the client leaving unless the worker's generation moved (it was stopped under the request).
 
 Stricter than Vast (docs/emulator.md), each switchable per endpoint: a ``reqnum`` already
 used, or an ``auth_data`` that is not the assignment issued to this worker, verbatim

@@ -186,3 +186,18 @@ def test_stream_settings_defaults_and_bad_directives(vast: Emulator) -> None:
         r = call(assign(vast, "llm"), {"id": "bad", "emulate": bad})
         assert r.status_code == 422 and field in r.json()["payload"]["emulate"], bad
     assert vast.stats()["executions"] == 0
+
+
+def test_empty_streams_and_a_drop_before_the_first_piece(vast: Emulator) -> None:
+    empty = {"id": "empty", "emulate": {"stream": {"pieces": 0}}}
+    r = call(assign(vast, "llm"), empty)
+    assert r.content == b"data: [DONE]\n\n" == expected_stream(empty).body
+    sock = send_raw(assign(vast, "llm"), {"id": "at-once", "emulate": {
+        "stream": {"format": "ndjson", "drop_after": 0}}})
+    data, ended = read_all(sock)
+    sock.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"application/x-ndjson" in head and body == b"" and ended == "reset"
+    assert expected_stream({"emulate": {"stream": {"drop_after": 0}}}).delivered == []
+    s = vast.stats()
+    assert (s["streams_completed"], s["streams_dropped"], s["stream_pieces"]) == (1, 1, 0)
