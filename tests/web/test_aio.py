@@ -193,12 +193,17 @@ def test_wait_timeout(e2e_env: dict[str, str], worker: Any, vast: Emulator) -> N
 
 def test_module_functions_use_one_client_per_loop(e2e_env: dict[str, str], worker: Any,
                                                   vast: Emulator,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  request: pytest.FixtureRequest) -> None:
     import dispatcher
     from dispatcher import aio
+    from dispatcher.config import get_settings
+
     for k, v in e2e_env.items():
         monkeypatch.setenv(k, v)
     monkeypatch.setattr(dispatcher, "_app", None)
+    get_settings.cache_clear()  # read once per process: this test's environment
+    request.addfinalizer(get_settings.cache_clear)
     ep = add_endpoint(vast)
     seen: list[Any] = []
 
