@@ -398,32 +398,30 @@ def test_a_learned_rate_spreads_polls_of_waiting_jobs(clock: Clock) -> None:
     assert due >= 0.5 * 50 / learned
 
 
-def test_429s_that_do_not_depend_on_our_rate_do_not_spiral_a_learned_rate_down(
-        clock: Clock) -> None:
-    """Noise (an outage answering 429 to 40% of calls at any rate) is not a limit: after
-    the first cut the fleet calls a third as often and is refused as often, so the cut is
-    given back and 429s are only delays for a while. A real limit refuses less as the
-    fleet calls less, and keeps its cut (the tests above)."""
+def test_429s_that_do_not_depend_on_our_rate_do_not_spiral_a_learned_rate_down() -> None:
+    """Noise (an outage answering 429 to 40% of calls at any rate) is not a limit: Vast
+    lets through a share of what we call, so each cut would learn less than the last. A
+    learned rate stays at least half the most Vast let through lately; a real limit lets
+    about the same through at any rate, so the floor never binds it."""
     store = make_store(rate=0.0, recover=1.0, pause_base=0.01, pause_cap=0.01)
 
     def half_past(sec: int) -> None:  # counters are per second: be mid-way through one
-        clock.to(sec + 0.5)
+        while store.now() < sec + 0.5:
+            time.sleep(0.01)
 
     sec = int(store.now()) + 1
     half_past(sec)
-    store.redis.set(CALLS("e", sec), 50)  # 100 calls/s so far, 40% refused: a cut
-    levels = [store.record_route_answer("e", "HTTP 429", True) for _ in range(20)]
-    assert max(levels) == 1
-    assert float(store.redis.hget(GATE("e"), "learned")) > 0
-    half_past(sec + 2)  # a fresh window
-    store.redis.set(CALLS("e", sec + 2), 15)  # 30 calls/s, still 40% refused
-    levels = [store.record_route_answer("e", "HTTP 429", True) for _ in range(6)]
-    assert max(levels) == 0
-    gate = store.redis.hgetall(GATE("e"))
-    assert gate["noise_holds"] == "1" and float(gate["noisy_until"]) > store.now() + 5
-    assert store.gate_state("e") == (0, 0.0)  # the cut given back: no limit, as before it
-    for _ in range(20):  # while held, 429s never cut
-        assert store.record_route_answer("e", "HTTP 429", True) == 0
+    store.redis.set(CALLS("e", sec), 50)  # 100 calls/s, 40% refused: a cut learns ~60/s
+    assert max(store.record_route_answer("e", "HTTP 429", True) for _ in range(20)) == 1
+    first = float(store.redis.hget(GATE("e"), "learned"))
+    assert 40 <= first <= 140
+    for k, calls in ((2, 10), (4, 4), (6, 2)):  # ever less called, 40% refused each time
+        half_past(sec + k)
+        store.redis.set(CALLS("e", sec + k), calls)
+        for _ in range(max(1, int(0.4 * calls))):
+            store.record_route_answer("e", "HTTP 429", True)
+    learned = float(store.redis.hget(GATE("e"), "learned"))
+    assert learned >= first / 2 * 0.5 ** (7 / 60) * 0.99  # the floor (its memory decays)
 
 
 def test_idle_endpoints_are_forgotten_once_no_job_is_live() -> None:
