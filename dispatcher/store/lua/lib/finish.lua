@@ -40,6 +40,11 @@ local function finish_job(job, waiting, hooks, id, status, ttl, grace, fields)
   local t = now()
   redis.call('HSET', job, 'status', status, 'finished_at', fmt(t), unpack(fields))
   redis.call('HDEL', job, 'lease_until', 'lease_token', 'next_poll_at')
+  if status == ST.CANCELLED and st == ST.RUNNING then
+    -- Its holder sees the lease gone within a second and cuts the GPU call.
+    redis.call('HSET', job, 'error', (redis.call('HGET', job, 'error') or 'cancelled') ..
+      '; its GPU call was interrupted')
+  end
   if status == ST.SUCCEEDED then
     -- Its payload (up to megabytes) is no longer needed: keep its size only. Jobs that
     -- ended otherwise keep theirs, to be run again.
