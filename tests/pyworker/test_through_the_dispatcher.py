@@ -5,6 +5,8 @@ and back (issue 10, section 4)."""
 
 from __future__ import annotations
 
+import json
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -126,3 +128,27 @@ def test_one_of_two_pyworkers_killed_mid_run_every_job_still_ends(
         assert all(j.error_kind in ("worker_timeout", "worker_failed") for j in others), others
         assert len(succeeded) >= 30
         assert any(j.worker_url == survivor.url for j in succeeded)
+
+
+def test_a_streamed_answer_through_a_real_pyworker_reaches_the_reader_as_it_comes(
+        launcher: Launcher, redis_server: RedisServer) -> None:
+    """dispatcher -> emulator -> PyWorker -> a model writing an SSE event every 50 ms: the
+    reader gets each event's data, the first one while the model still writes."""
+    with emulator() as vast, dispatcher_for(redis_server, vast) as client:
+        model = launcher.model()
+        pw = launcher.pyworker(vast, model)
+        wait_for(lambda: pyworker_state(vast, "llm", pw.id) == "ready", 60,
+                 "the PyWorker to be ready", [pw.proc, model.proc])
+        pieces = 30
+        job_id = client.submit("llm", {"id": "s1", "pieces": pieces}, path="/generate_stream",
+                               stream=True, max_wait=60, timeout=30)
+        stream = client.stream(job_id, timeout=60)
+        first = json.loads(next(stream))
+        first_at = time.time()
+        rest = list(stream)
+        events = [first, *(json.loads(p) for p in rest[:-1])]
+        assert rest[-1] == "[DONE]"
+        assert [e["i"] for e in events] == list(range(pieces))
+        assert first_at < events[-1]["t"]  # read before the model wrote the last event
+        job = client.get_job(job_id)
+        assert job.status == "succeeded" and job.result.count("data: ") == pieces + 1
