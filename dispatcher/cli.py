@@ -288,9 +288,12 @@ def cmd_metrics(a: argparse.Namespace) -> int:
     import threading
 
     _needs("ops", "prometheus_client")
+    from dispatcher.config import Settings
     from dispatcher.ops.metrics import serve_metrics
+    from dispatcher.ops.stats import collect, reader
 
-    serve_metrics(_client().stats, a.host, a.port)
+    store = reader(Settings.from_env())
+    serve_metrics(lambda: collect(store), a.host, a.port)
     print(f"Prometheus metrics on http://{a.host}:{a.port}/metrics (Ctrl-C stops)", flush=True)
     try:
         threading.Event().wait()

@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from dispatcher.config import Settings
 from dispatcher.model import ENDED, LIVE
-from dispatcher.store import Store
+from dispatcher.store import Store, connect
 
 RATE_WINDOW = 10  # seconds of route calls behind route_calls_per_s
 
@@ -23,6 +24,14 @@ def percentile(values: list[float], q: float) -> float | None:
         return None
     ordered = sorted(values)
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def reader(settings: Settings, timeout: float = 2.0) -> Store:
+    """A store for a tool that must answer at once, Redis up or not (a Prometheus scrape
+    times out in 10 s): one retry, short socket timeouts. Jobs' own store rides out a
+    Redis restart instead."""
+    return Store(connect(settings.redis_url, 4, retries=1, timeout=timeout), settings.queue,
+                 settings.route_budget(), hook_queue=settings.webhook_queue)
 
 
 def collect(store: Store) -> dict[str, Any]:

@@ -39,16 +39,21 @@ Arg = str | int | float  # what a script argument may be
 WAIT_SLICE_MIN = 0.01
 
 
-def connect(url: str, max_connections: int = 64) -> redis.Redis:
-    """A Redis client that blocks for a free connection and retries through restarts."""
-    retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), REDIS_RETRIES)
+def connect(url: str, max_connections: int = 64, retries: int = REDIS_RETRIES,
+            timeout: float | None = None) -> redis.Redis:
+    """A Redis client that blocks for a free connection and retries through restarts.
+
+    Tools that must answer quickly whether Redis is up or not (metrics) pass few
+    ``retries`` and a socket ``timeout``."""
+    retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries)
     pool = redis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
         timeout=30,
         decode_responses=True,
         socket_keepalive=True,
-        socket_connect_timeout=5,
+        socket_timeout=timeout,
+        socket_connect_timeout=5 if timeout is None else min(5, timeout),
         health_check_interval=30,
         retry=retry,
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],

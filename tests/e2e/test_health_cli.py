@@ -105,10 +105,6 @@ SCRAPE_TIMEOUT = 10.0
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.xfail(strict=True, raises=TimeoutError, reason=(
-    "with Redis down a scrape takes ~37 s: stats() goes through the job store's client, "
-    "which retries a refused connection 40 times (store.connect, REDIS_RETRIES, to ride "
-    "out a restart), so Prometheus times out and never sees dispatcher_up 0"))
 def test_metrics_answer_when_redis_is_down() -> None:
     """The real redis-server stopped under `dispatcher metrics`, then started again."""
     with RedisServer() as server:
