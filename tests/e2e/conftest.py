@@ -25,6 +25,8 @@ WORKER_ENV = {
     "VAST_ROUTE_TIMEOUT": "5",
     # A 429 halves the fleet's route rate; give a halving back every second.
     "DISPATCHER_ROUTE_RECOVER": "1",
+    # Short leases: a GPU call longer than this must keep its lease by renewing it.
+    "DISPATCHER_LEASE": "3",
 }
 
 
