@@ -134,3 +134,30 @@ def test_move_due_holds_back_while_the_broker_backlog_is_full(store: Store) -> N
     assert len(store.move_due(10, grace=60, max_backlog=7)) == 2  # room for 2
     store.redis.delete("q", "q:9")
     assert len(store.move_due(10, grace=60, max_backlog=7)) == 3
+
+
+def test_a_stale_run_writes_nothing(store: Store) -> None:
+    """Issue 11 item 1: a run whose lease another run took over must not write its end."""
+    new_job(store)
+    assert store.claim("j1", 0, 30, "old").outcome == "ok"
+    store.redis.hset("dispatcher:job:j1", "lease_until", "0")  # its lease ran out
+    assert store.claim("j1", 0, 30, "new").outcome == "ok"  # a second run holds it now
+    assert store.finish("j1", Status.SUCCEEDED, 60, {"result": "stale"}, token="old"
+                        ).outcome == "lost"
+    assert store.get("j1").status == "queued"
+    assert store.finish("j1", Status.SUCCEEDED, 60, {"result": "x"}, token="new").outcome == "ok"
+    # A cancel carries no token: it always writes (first terminal write wins as ever).
+    new_job(store, "j2")
+    assert store.claim("j2", 0, 30, "run").outcome == "ok"
+    assert store.finish("j2", Status.CANCELLED, 60, {"error": "by request"}).outcome == "ok"
+
+
+def test_lease_renewal_reports_jobs_whose_lease_is_gone(store: Store) -> None:
+    for job_id in ("a", "b", "c"):
+        new_job(store, job_id)
+        assert store.claim(job_id, 0, 30, f"tok-{job_id}").outcome == "ok"
+    store.finish("b", Status.CANCELLED, 60, {"error": "by request"})
+    store.redis.hset("dispatcher:job:c", "lease_token", "someone-else")
+    gone = store.renew([("a", "tok-a"), ("b", "tok-b"), ("c", "tok-c")], 30)
+    assert gone == {"b": "cancelled", "c": "queued"}
+    assert float(store.redis.hget("dispatcher:job:a", "lease_until")) > store.now() + 29
