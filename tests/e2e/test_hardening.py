@@ -79,3 +79,32 @@ def test_a_huge_answer_fails_clearly_and_once(client: Client, vast: Emulator) ->
     assert job.status == "failed" and job.error_kind == "worker_bad_answer", job
     assert "DISPATCHER_MAX_RESULT_BYTES" in job.error
     assert vast.stats()["executions_by_payload"][payload["id"]] == 1
+
+
+def test_a_key_with_a_trailing_newline_works_and_one_inside_refuses_to_start(
+        e2e_env: dict[str, str], vast: Emulator) -> None:
+    """Item 2: a mounted secret ending in a newline made every route call raise with the
+    key (escaped) in the message, which then landed in the job, its error and webhooks."""
+    import subprocess
+    import sys
+
+    from dispatcher.config import Settings
+    from dispatcher.dev.procs import wait_for_worker, worker_process
+
+    key = e2e_env["VAST_API_KEY"]
+    env = {**e2e_env, "VAST_API_KEY": key + "\n", "DISPATCHER_QUEUE": f"nl-{uuid.uuid4().hex[:6]}"}
+    worker = worker_process(env, concurrency=4)
+    c = Client(Settings.from_env(env))
+    with worker:
+        wait_for_worker(env["REDIS_URL"], worker)
+        ep = add_endpoint(vast)
+        job = c.wait(c.submit(ep, {"id": uuid.uuid4().hex}, path="/x"), timeout=60)
+        assert job.status == "succeeded", job
+        c.close()
+    assert key not in worker.log_text()
+    bad = {**env, "VAST_API_KEY": key[:5] + "\n" + key[5:]}
+    r = subprocess.run([sys.executable, "-m", "dispatcher", "worker"], env=bad, timeout=60,
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "VAST_API_KEY: holds a control character" in r.stderr
+    assert key[5:] not in r.stderr + r.stdout and key[:5] + "\\n" not in r.stderr
