@@ -23,9 +23,11 @@ from typing import TYPE_CHECKING, Any
 import redis.asyncio as aredis
 
 from dispatcher.config import Settings, get_settings
+from dispatcher.errors import JobFailed, JobNotFound, WaitTimeout
 from dispatcher.model import Envelope, Job, Status
 from dispatcher.store import hook_envelope
 from dispatcher.store.aio import AsyncStore, connect
+from dispatcher.streams import Follow, result_text, sse_data, sse_end
 from dispatcher.submission import NewJob, first_of_each, new_job, new_jobs
 from dispatcher.waits import RECHECK, next_block
 
@@ -78,11 +80,13 @@ class AsyncClient:
         job_id: str | None = None,
         webhook: str | None = None,
         webhook_events: Sequence[str] = ("completed",),
+        stream: bool = False,
     ) -> str:
         """Queue a job; returns its id (see ``dispatcher.submit``)."""
         job_id, _ = await self.submit_job(
             endpoint, payload, path=path, cost=cost, max_wait=max_wait, timeout=timeout,
-            priority=priority, job_id=job_id, webhook=webhook, webhook_events=webhook_events)
+            priority=priority, job_id=job_id, webhook=webhook, webhook_events=webhook_events,
+            stream=stream)
         return job_id
 
     async def submit_job(self, endpoint: Any, payload: Any, **options: Any
@@ -184,8 +188,42 @@ class AsyncClient:
             self._waits = connect(self.settings.redis_url, self.settings.max_waiters)
         return self._waits
 
-    # Streaming (issue 13) goes here: ``async def stream(self, job_id, timeout)``, an
-    # async iterator over the job's Redis Stream, like the sync ``dispatcher.stream``.
+    async def stream(self, job_id: str, timeout: float | None = None,
+                     recheck: float = RECHECK) -> AsyncIterator[str]:
+        """A streaming job's pieces in order, from the first, as they arrive, until it
+        ends (see ``dispatcher.Client.stream``: the same loop, ``streams.Follow``)."""
+        job = await self.store.view(job_id)
+        if not job.known:
+            raise JobNotFound(job_id)
+        if not job.stream:
+            job = await self.wait(job_id, 1e9 if timeout is None else timeout, recheck)
+            if job.status != Status.SUCCEEDED:
+                raise JobFailed(job)
+            yield result_text(job)
+            return
+        follow = Follow(timeout, recheck)
+        while follow.end is None:
+            if follow.expired():
+                raise WaitTimeout(await self.store.view(job_id), timeout or 0)
+            entries = await self.store.read_stream(job_id, follow.last, follow.block(),
+                                                   self._blocking())
+            for piece in follow.feed(entries):
+                yield piece
+            if not entries and not (await self.store.view(job_id)).known:
+                raise JobNotFound(job_id)
+        if follow.end != Status.SUCCEEDED:
+            raise JobFailed(await self.store.view(job_id))
+
+    async def sse(self, job_id: str, timeout: float | None = None) -> AsyncIterator[bytes]:
+        """``stream()`` as ``text/event-stream`` bytes (see ``dispatcher.Client.sse``), for
+        a Starlette ``StreamingResponse`` or an aiohttp ``StreamResponse``."""
+        try:
+            async for piece in self.stream(job_id, timeout):
+                yield sse_data(piece)
+        except JobFailed as e:
+            yield sse_end(e.job)
+            return
+        yield sse_end(await self.store.view(job_id))
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel a job that has not ended; True if this call cancelled it."""
@@ -274,6 +312,18 @@ async def watch(job_id: str, timeout: float | None = None) -> AsyncIterator[Job]
     """The job at each change until it ends (``AsyncClient.watch``)."""
     async for job in default_client().watch(job_id, timeout):
         yield job
+
+
+async def stream(job_id: str, timeout: float | None = None) -> AsyncIterator[str]:
+    """A streaming job's pieces, from the first, until it ends (``AsyncClient.stream``)."""
+    async for piece in default_client().stream(job_id, timeout):
+        yield piece
+
+
+async def sse(job_id: str, timeout: float | None = None) -> AsyncIterator[bytes]:
+    """``stream()`` as ``text/event-stream`` bytes (``AsyncClient.sse``)."""
+    async for chunk in default_client().sse(job_id, timeout):
+        yield chunk
 
 
 async def cancel(job_id: str) -> bool:

@@ -16,7 +16,7 @@ from dispatcher.config import Settings, get_settings
 from dispatcher.errors import JobFailed, JobNotFound, WaitTimeout
 from dispatcher.model import Envelope, Job, Status
 from dispatcher.store import Store, connect, hook_envelope
-from dispatcher.streams import FIRST, result_text, sse_data, sse_end, step
+from dispatcher.streams import Follow, result_text, sse_data, sse_end
 from dispatcher.submission import first_of_each, new_job, new_jobs
 from dispatcher.waits import RECHECK, next_block
 from dispatcher.worker.app import make_app
@@ -126,7 +126,6 @@ class Client:
         misses none), as they arrive, until the job ends; raises ``JobFailed`` if it did
         not succeed, ``JobNotFound``, and ``WaitTimeout`` after ``timeout``. A job
         submitted without ``stream=True`` yields its whole result once it ends."""
-        deadline = None if timeout is None else time.monotonic() + timeout
         job = self.store.view(job_id)
         if not job.known:
             raise JobNotFound(job_id)
@@ -136,24 +135,17 @@ class Client:
                 raise JobFailed(job)
             yield result_text(job)
             return
-        last = FIRST
-        while True:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
+        follow = Follow(timeout, recheck)
+        while follow.end is None:
+            if follow.expired():
                 raise WaitTimeout(self.store.view(job_id), timeout or 0)
-            entries = self.store.read_stream(job_id, last, min(left or recheck, recheck),
+            entries = self.store.read_stream(job_id, follow.last, follow.block(),
                                              self._blocking())
-            st = step(entries, last)
-            last = st.last
-            yield from st.pieces
-            if st.end is not None:
-                if st.end != Status.SUCCEEDED:
-                    raise JobFailed(self.store.view(job_id))
-                return
-            if not entries:  # quiet: is it still there? (a stream outlives no job)
-                job = self.store.view(job_id)
-                if not job.known:
-                    raise JobNotFound(job_id)
+            yield from follow.feed(entries)
+            if not entries and not self.store.view(job_id).known:
+                raise JobNotFound(job_id)  # a stream outlives no job
+        if follow.end != Status.SUCCEEDED:
+            raise JobFailed(self.store.view(job_id))
 
     def sse(self, job_id: str, timeout: float | None = None) -> Iterator[bytes]:
         """``text/event-stream`` bytes of ``stream()``: a ``data:`` event per piece, then

@@ -10,6 +10,7 @@ and stops at the end entry. Pure: no Redis here, only what an entry means.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -36,6 +37,31 @@ def step(entries: Iterable[tuple[str, dict[str, str]]], last: str) -> Step:
             return Step(pieces, last, fields["end"])
         pieces.append(fields.get("data", ""))
     return Step(pieces, last, None)
+
+
+class Follow:
+    """The reading loop of ``stream()`` without its I/O, so the sync and asyncio readers
+    are the same loop: read after ``last`` for ``block()`` seconds, ``feed`` the entries,
+    until ``end`` is set (the job's status) or ``expired()``."""
+
+    def __init__(self, timeout: float | None, recheck: float) -> None:
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.recheck = recheck
+        self.last = FIRST
+        self.end: str | None = None
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def block(self) -> float:
+        if self.deadline is None:
+            return self.recheck
+        return max(0.001, min(self.recheck, self.deadline - time.monotonic()))
+
+    def feed(self, entries: Iterable[tuple[str, dict[str, str]]]) -> list[str]:
+        st = step(entries, self.last)
+        self.last, self.end = st.last, st.end
+        return st.pieces
 
 
 def result_text(job: Job) -> str:

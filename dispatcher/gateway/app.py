@@ -150,6 +150,22 @@ async def get_job(request: web.Request) -> web.Response:
     return web.json_response(job_view(job))
 
 
+async def stream_job(request: web.Request) -> web.StreamResponse:
+    """Server-Sent Events of a job's pieces, from the first, then ``event: end`` with its
+    status (``dispatcher.streams``); 404 for an unknown job."""
+    client = request.app[CLIENT]
+    job_id = job_id_of(request)
+    if not (await client.get_job(job_id)).known:
+        return error(404, f"no job with id {job_id!r}", "id")
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                       "Cache-Control": "no-cache"})
+    await resp.prepare(request)
+    async for chunk in client.sse(job_id):
+        await resp.write(chunk)
+    await resp.write_eof()
+    return resp
+
+
 async def cancel_job(request: web.Request) -> web.Response:
     client = request.app[CLIENT]
     job_id = job_id_of(request)
@@ -188,8 +204,7 @@ def make_app(client: AsyncClient, token: str | None) -> web.Application:
     r.add_post("/v1/jobs", post_job)
     r.add_post("/v1/jobs/batch", post_batch)
     r.add_get("/v1/jobs/{job_id}", get_job, allow_head=False)
-    # GET /v1/jobs/{job_id}/stream goes here (Server-Sent Events of the job's pieces and
-    # an end event) once streaming (issue 13) exists: a handler over aio's stream().
+    r.add_get("/v1/jobs/{job_id}/stream", stream_job, allow_head=False)
     r.add_post("/v1/jobs/{job_id}/cancel", cancel_job)
     r.add_get("/v1/stats", stats, allow_head=False)
     r.add_get("/healthz", healthz, allow_head=False)

@@ -118,6 +118,15 @@ PATHS: dict[str, Any] = {
             "schema": {"type": "number", "minimum": 0}}],
         "responses": {"200": _json(_ref("Job"), "the job (ended, or as it is now)"),
                       **_errors(400, 401, 404)}}},
+    "/v1/jobs/{job_id}/stream": {"get": {
+        "summary": "Server-Sent Events of a streaming job's pieces, from the first, then "
+                   "`event: end` with {status[, error_kind, error]} (a job submitted without "
+                   "stream: its whole result as one event once it ends)",
+        "parameters": [_JOB_ID],
+        "responses": {"200": {"description": "text/event-stream until the job ends",
+                              "content": {"text/event-stream": {"schema": {
+                                  "type": "string"}}}},
+                      **_errors(400, 401, 404)}}},
     "/v1/jobs/{job_id}/cancel": {"post": {
         "summary": "Cancel a job that has not ended",
         "parameters": [_JOB_ID],

@@ -99,5 +99,14 @@ class AsyncStore:
         got = await r.blmove(k, k, block, "LEFT", "LEFT")  # type: ignore[arg-type]
         return cast(str | None, got)
 
+    async def read_stream(self, job_id: str, after: str, block: float,
+                          client: aredis.Redis | None = None, count: int = 1000
+                          ) -> list[tuple[str, dict[str, str]]]:
+        """``Store.read_stream``: entries after ``after``, blocking up to ``block`` s."""
+        r = client or self.redis
+        got = cast(list[Any], await r.xread({keys.STREAM(job_id): after}, count=count,
+                                            block=max(1, int(block * 1000))))
+        return cast(list[tuple[str, dict[str, str]]], got[0][1] if got else [])
+
     async def close(self) -> None:
         await self.redis.aclose()

@@ -220,3 +220,30 @@ def test_module_functions_use_one_client_per_loop(e2e_env: dict[str, str], worke
         time.sleep(0.05)
     assert [j.status for j in results] == ["succeeded"] * 3
     assert len({id(c) for c in seen}) == 3
+
+
+def test_async_stream_and_sse_follow_a_streaming_job(e2e_env: dict[str, str], worker: Any,
+                                                     vast: Emulator) -> None:
+    from dispatcher.emulator import expected_stream
+    from dispatcher.errors import JobFailed
+
+    ep = add_endpoint(vast)
+    ok = payload(emulate={"stream": {"pieces": 8, "interval": 0.05, "format": "ndjson"}})
+    broken = payload(emulate={"stream": {"pieces": 8, "interval": 0.05, "drop_after": 3}})
+
+    async def body(c: AsyncClient) -> Any:
+        first = await c.submit(ep, ok, path="/v1/completions", stream=True)
+        pieces = [p async for p in c.stream(first, timeout=60)]
+        chunks = [b async for b in c.sse(first, timeout=60)]
+        second = await c.submit(ep, broken, path="/v1/completions", stream=True)
+        got: list[str] = []
+        with pytest.raises(JobFailed) as e:
+            async for p in c.stream(second, timeout=60):
+                got.append(p)
+        return pieces, chunks, got, e.value.job
+
+    pieces, chunks, got, failed = run(e2e_env, body)
+    assert pieces == expected_stream(ok).pieces
+    assert chunks[-1].startswith(b"event: end\n") and len(chunks) == len(pieces) + 1
+    assert got == expected_stream(broken).delivered
+    assert failed.status == "failed" and failed.error_kind == "worker_stream_broken"

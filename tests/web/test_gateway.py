@@ -189,6 +189,27 @@ def test_long_poll_returns_the_job_as_it_is_when_the_wait_runs_out(api: Api, vas
     assert c.json() == {"id": job_id, "cancelled": False, "status": "cancelled"}
 
 
+def test_a_streaming_job_as_server_sent_events(api: Api, gateway: str, vast: Emulator) -> None:
+    import sseclient
+
+    from dispatcher.emulator import expected_stream
+
+    ep = add_endpoint(vast)
+    job_payload = {**payload(), "emulate": {"stream": {"pieces": 6, "interval": 0.05}}}
+    job_id = api("POST", "/v1/jobs", json={"endpoint": ep, "payload": job_payload,
+                                            "path": "/v1/completions", "stream": True}
+                 ).json()["id"]
+    r = requests.get(f"{gateway}/v1/jobs/{job_id}/stream", headers=api.headers, stream=True,
+                     timeout=60)
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/event-stream")
+    events = list(sseclient.SSEClient(r.iter_content(chunk_size=None)).events())
+    assert [e.data for e in events[:-1]] == expected_stream(job_payload).pieces
+    assert events[-1].event == "end" and json.loads(events[-1].data) == {"status": "succeeded"}
+    SEEN.append(("/v1/jobs/{job_id}/stream", "get", 200, "".join(e.data for e in events)))
+    unknown = api("GET", "/v1/jobs/nope-nope/stream", "/v1/jobs/{job_id}/stream")
+    assert unknown.status_code == 404 and unknown.json()["field"] == "id"
+
+
 def test_stats_and_healthz(api: Api, gateway: str) -> None:
     stats = api("GET", "/v1/stats").json()
     assert stats["endpoints"] and all("waiting" in v for v in stats["endpoints"].values())
@@ -265,7 +286,8 @@ def test_no_auth_on_loopback(e2e_env: dict[str, str], worker: Any, vast: Emulato
 def schema_for(doc: dict[str, Any], path: str, method: str, status: int) -> dict[str, Any]:
     responses = doc["paths"][path][method]["responses"]
     assert str(status) in responses, f"{method.upper()} {path} answered {status}, undocumented"
-    return responses[str(status)]["content"]["application/json"]["schema"]
+    content = responses[str(status)]["content"]
+    return (content.get("application/json") or content["text/event-stream"])["schema"]
 
 
 def test_every_answer_matches_the_openapi_document(gateway: str) -> None:
