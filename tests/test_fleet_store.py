@@ -435,12 +435,12 @@ def test_idle_endpoints_are_forgotten_once_no_job_is_live() -> None:
     assert store.endpoints() == ["busy", "done"]
     r = store.redis
     assert r.exists("dispatcher:counts:done", "dispatcher:gate:done",
-                    "dispatcher:samples:done:run") >= 2
+                    "dispatcher:samples:done") >= 2
     assert store.forget_idle_endpoints(3600) == []  # both active within the hour
     assert store.forget_idle_endpoints(0) == ["done"]
     assert store.endpoints() == ["busy"]
     assert not r.exists("dispatcher:counts:done", "dispatcher:gate:done",
-                        "dispatcher:samples:done:wait", "dispatcher:samples:done:run")
+                        "dispatcher:samples:done")
     assert r.hget("dispatcher:counts:busy", "queued") == "1"  # a live job's endpoint stays
 
 

@@ -392,14 +392,14 @@ class Store:
         p.hgetall(keys.COUNTS(endpoint))
         p.hgetall(keys.GATE(endpoint))
         p.mget([keys.CALLS(endpoint, s) for s in range(sec - window, sec)])
-        p.lrange(keys.SAMPLES(endpoint, "wait"), 0, -1)
-        p.lrange(keys.SAMPLES(endpoint, "run"), 0, -1)
+        p.lrange(keys.SAMPLES(endpoint), 0, -1)
         for priority in range(keys.MAX_PRIORITY + 1):  # the oldest job of each priority
             low, high = keys.pending_band(priority)
             p.zrangebyscore(pending, low, high, start=0, num=1, withscores=True)
-        counts, gate, calls, waits, runs, *oldest = p.execute()
+        counts, gate, calls, samples, *oldest = p.execute()
+        pairs = [s.split() for s in samples]
         created = [keys.decode_pending(score)[1] for hit in oldest for _, score in hit]
         return EndpointHealth(
             counts=counts, gate=gate, calls=[int(c or 0) for c in calls],
-            waits=[float(x) for x in waits], runs=[float(x) for x in runs],
+            waits=[float(w) for w, _ in pairs], runs=[float(r) for _, r in pairs],
             oldest_created=min(created) if created else None)

@@ -75,8 +75,8 @@ GATE = Key("gate", "gate:{endpoint}", "HASH: the endpoint's route budget and las
 CALLS = Key("calls", "calls:{endpoint}:{sec}", "route calls the fleet made in one second")
 R429 = Key("r429", "r429:{endpoint}:{sec}", "429 answers the fleet got in one second")
 COUNTS = Key("counts", "counts:{endpoint}", "HASH: jobs per live state, totals per end state")
-SAMPLES = Key("samples", "samples:{endpoint}:{kind}",
-              "LIST of recent wait or run seconds (kind: wait, run)")
+SAMPLES = Key("samples", "samples:{endpoint}",
+              "LIST of recent jobs' '<wait seconds> <run seconds>', newest first")
 ENDPOINTS = Key("endpoints", "endpoints",
                 "ZSET of the endpoints jobs were submitted for, scored by their last create "
                 "or end (idle ones are forgotten)")

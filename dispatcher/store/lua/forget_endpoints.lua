@@ -12,8 +12,8 @@ for _, ep in ipairs(old) do
   local c = redis.call('HMGET', counts_key(ep), ST.QUEUED, ST.WAITING, ST.RUNNING)
   local live = tonumber(c[1] or '0') + tonumber(c[2] or '0') + tonumber(c[3] or '0')
   if live <= 0 then
-    redis.call('DEL', counts_key(ep), gate_key(ep), samples_key(ep, 'wait'),
-      samples_key(ep, 'run'), held_key(ep), pending_key(ARGV[2], ep))
+    redis.call('DEL', counts_key(ep), gate_key(ep), samples_key(ep), held_key(ep),
+      pending_key(ARGV[2], ep))
     redis.call('ZREM', KEYS[1], ep)
     out[#out + 1] = ep
   else

@@ -20,7 +20,7 @@ redis.call('ZADD', KEYS[2], until_, ARGV[1])
 index_move(KEYS[1], ARGV[1], st, ST.RUNNING)
 queue_started_hook(KEYS[1], ARGV[1], t) -- its `started` webhook (lib/notify.lua)
 local out = {redis.call('HGET', KEYS[1], 'payload')}
-for _, v in ipairs(wake(KEYS[1], KEYS[2], tonumber(ARGV[4]), tonumber(ARGV[5]))) do
+for _, v in ipairs(wake(KEYS[1], KEYS[2], tonumber(ARGV[4]), tonumber(ARGV[5]), t)) do
   out[#out + 1] = v
 end
 return out

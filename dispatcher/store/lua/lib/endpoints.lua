@@ -16,7 +16,9 @@ local function endpoints_zset(t)
 end
 
 local function touch_endpoint(ep, t)
-  if ep then
-    redis.call('ZADD', endpoints_zset(t), t, ep)
+  if not ep then return end
+  local r = redis.pcall('ZADD', endpoints_key(), t, ep)
+  if type(r) == 'table' and r.err then
+    redis.call('ZADD', endpoints_zset(t), t, ep) -- an earlier version's set, migrated
   end
 end

@@ -2,14 +2,14 @@
 --! The terminal write. The first one wins, so a result is stored once even if
 --! the job ran twice.
 
--- Wait (submit to GPU) and run (GPU to end) seconds of the endpoint's recent jobs.
+-- Wait (submit to GPU) and run (GPU to end) seconds of the endpoint's recent jobs, one
+-- entry per job: two commands per end, not four.
 local function record_samples(ep, created_at, assigned_at, t)
-  local wait = samples_key(ep, 'wait')
-  local run = samples_key(ep, 'run')
-  redis.call('LPUSH', wait, fmt(tonumber(assigned_at) - tonumber(created_at or assigned_at)))
-  redis.call('LTRIM', wait, 0, SAMPLES_KEPT - 1)
-  redis.call('LPUSH', run, fmt(t - tonumber(assigned_at)))
-  redis.call('LTRIM', run, 0, SAMPLES_KEPT - 1)
+  local k = samples_key(ep)
+  local a = tonumber(assigned_at)
+  redis.call('LPUSH', k, string.format('%.4f %.4f', a - tonumber(created_at or assigned_at),
+    t - a))
+  redis.call('LTRIM', k, 0, SAMPLES_KEPT - 1)
 end
 
 local function wants_hook(events, status)
@@ -42,7 +42,7 @@ local function finish_job(job, waiting, hooks, id, status, ttl, grace, fields)
   redis.call('HDEL', job, 'lease_until', 'lease_token', 'next_poll_at')
   if status == ST.CANCELLED and st == ST.RUNNING then
     -- Its holder sees the lease gone within a second and cuts the GPU call.
-    redis.call('HSET', job, 'error', (redis.call('HGET', job, 'error') or 'cancelled') ..
+    redis.call('HSET', job, 'error', (redis.call('HGET', job, 'error') or ST.CANCELLED) ..
       '; its GPU call was interrupted')
   end
   if status == ST.SUCCEEDED then

@@ -97,7 +97,8 @@ local function gate_take(g, ep, t, rate, burst, recover, pk, waiting)
   end
   redis.call('HINCRBY', g, 'calls', 1)
   local sec = calls_key(ep, math.floor(t))
-  redis.call('INCR', sec)
-  redis.call('EXPIRE', sec, COUNTER_TTL)
+  if redis.call('INCR', sec) == 1 then
+    redis.call('EXPIRE', sec, COUNTER_TTL)
+  end
   return 0, base
 end

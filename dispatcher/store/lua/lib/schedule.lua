@@ -22,13 +22,18 @@ end
 -- time, so priority decides who gets freed capacity, and let them hold it
 -- (HOLD). Like move_due, each taken job stays in the waiting set, due again
 -- after `grace`.
-local function wake(job, waiting, n, grace)
+local function wake(job, waiting, n, grace, t)
   local out = {}
   if n <= 0 then return out end
   local h = redis.call('HMGET', job, 'endpoint', 'queue')
   if not h[1] then return out end
+  -- The pending index also holds queued jobs; with none waiting there is no one to wake
+  -- (the common case of a busy fleet on warm GPUs): one read instead of a scan.
+  if tonumber(redis.call('HGET', counts_key(h[1]), ST.WAITING) or '0') <= 0 then
+    return out
+  end
   local ids = redis.call('ZRANGE', pending_key(h[2] or '', h[1]), 0, n + 7)
-  local t = now()
+  t = t or now()
   for _, id in ipairs(ids) do
     local jk = job_key(id)
     local j = redis.call('HMGET', jk, 'status', 'seq', 'priority', 'woken_seq')
