@@ -5,8 +5,11 @@ per-``recv`` read timeout, so a GPU call, a route call or a webhook could stay
 open far past its deadline. Here every exchange is watched by one process-wide
 ``Watchdog`` thread that shuts the socket at the deadline (or at once, on
 ``Guard.abort``: a cancelled job), which ends any blocked read in the owner's
-thread. Connections are urllib3's (TLS, chunked bodies, decoding), kept alive
-in a small pool per origin; no environment (proxies, ``.netrc``) is ever read.
+thread. The HTTP/1.1 framing is ours too, small and strict (one send per request;
+Content-Length, chunked or close-delimited answers; a connection is reused only when
+an answer ended exactly where its framing said): a stock client cost twice the CPU
+per call on the hot path (measured in bench/). Connections are kept alive in a small
+pool per origin; no environment (proxies, ``.netrc``) is ever read.
 """
 
 from __future__ import annotations
@@ -14,20 +17,17 @@ from __future__ import annotations
 import contextlib
 import functools
 import heapq
-import http.client
 import itertools
+import select
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Mapping
+import zlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
-
-import urllib3
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.response import HTTPResponse
 
 FailKind = Literal["connect_timeout", "connect", "tls", "deadline", "aborted", "broken"]
 
@@ -181,15 +181,235 @@ class Target:
         return host if self.port == default else f"{host}:{self.port}"
 
 
+class Headers(Mapping[str, str]):
+    """An answer's headers, looked up without regard to case; repeats joined by ", "."""
+
+    def __init__(self, items: list[tuple[str, str]]) -> None:
+        self._d: dict[str, str] = {}
+        for name, value in items:
+            k = name.lower()
+            self._d[k] = f"{self._d[k]}, {value}" if k in self._d else value
+
+    def __getitem__(self, name: str) -> str:
+        return self._d[name.lower()]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._d
+
+    def get(self, name: str, default: str = "") -> str:  # type: ignore[override]
+        """The value, or ``default`` ("" unless given): absent reads as empty."""
+        return self._d.get(name.lower(), default)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._d)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+
+class Broken(Exception):
+    """An answer that does not parse as HTTP/1.1 (or ended mid-way)."""
+
+
+MAX_LINE = 16 * 1024  # a status, header or chunk-size line
+MAX_HEAD = 64 * 1024  # all of an answer's headers
+MAX_HEADERS = 200
+
+
+class Conn:
+    """One HTTP/1.1 connection: its socket and the bytes read ahead of the parser (kept
+    here, not in a BufferedReader, so that a connection is reused only when nothing is
+    left over: an answer must end where its framing says)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+        self.closed = False
+
+    def idle_ok(self) -> bool:
+        """Still usable: the peer has neither closed it nor sent anything unasked."""
+        if self.closed or self.buf:
+            return False
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            with contextlib.suppress(OSError):
+                self.sock.close()
+
+    def _fill(self) -> bool:
+        data = self.sock.recv(64 * 1024)
+        if not data:
+            return False
+        self.buf += data
+        return True
+
+    def readline(self) -> bytes:
+        """A line with its end (b"" if the peer closed first); Broken if over MAX_LINE."""
+        start = 0
+        while True:
+            i = self.buf.find(b"\n", start)
+            if i >= 0:
+                line = bytes(self.buf[: i + 1])
+                del self.buf[: i + 1]
+                return line
+            if len(self.buf) > MAX_LINE:
+                raise Broken("a line of the answer is over 16 KiB")
+            start = len(self.buf)
+            if not self._fill():
+                line = bytes(self.buf)
+                self.buf.clear()
+                return line
+
+    def read1(self, amt: int) -> bytes:
+        """What is buffered, or one receive: at most ``amt`` bytes, b"" at EOF."""
+        if not self.buf and not self._fill():
+            return b""
+        data = bytes(self.buf[:amt])
+        del self.buf[:amt]
+        return data
+
+
+def _read_head(conn: Conn) -> tuple[int, bool, Headers]:
+    """The status, whether the connection may be kept, and the headers (1xx skipped)."""
+    while True:
+        line = conn.readline()
+        if not line:
+            raise Broken("closed without answering")
+        parts = line.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or len(parts[1]) != 3 \
+                or not parts[1].isdigit():
+            raise Broken(f"not an HTTP/1.x status line: {line[:60]!r}")
+        version, status = parts[0], int(parts[1])
+        items: list[tuple[str, str]] = []
+        size = 0
+        while True:
+            h = conn.readline()
+            if not h:
+                raise Broken("closed in the middle of the headers")
+            if h in (b"\r\n", b"\n"):
+                break
+            size += len(h)
+            if size > MAX_HEAD or len(items) >= MAX_HEADERS:
+                raise Broken("the answer's headers are too large")
+            if h[:1] in (b" ", b"\t"):
+                raise Broken("folded header lines are not allowed")
+            name, sep, value = h.decode("latin-1").partition(":")
+            if not sep or not name or name != name.strip():
+                raise Broken(f"a malformed header line: {h[:60]!r}")
+            items.append((name, value.strip()))
+        if 100 <= status < 200 and status != 101:
+            continue  # 100 Continue and other informational answers: the real one follows
+        headers = Headers(items)
+        tokens = {t.strip().lower() for t in (headers.get("connection") or "").split(",")}
+        keep = ("keep-alive" in tokens) if version == b"HTTP/1.0" else ("close" not in tokens)
+        return status, keep, headers
+
+
+class _Body:
+    """Reads one answer's body as its framing says: Content-Length, chunked, or until the
+    connection closes; decodes gzip/deflate if the peer sent it although asked not to."""
+
+    def __init__(self, conn: Conn, method: str, status: int, headers: Headers) -> None:
+        self.conn = conn
+        self.left = 0
+        self.chunked = False
+        self.until_close = False
+        self.done = False
+        te = headers.get("transfer-encoding")
+        length = headers.get("content-length")
+        if method == "HEAD" or status in (204, 304):
+            self.done = True
+        elif te:
+            codings = [c.strip().lower() for c in te.split(",")]
+            if codings[-1] == "chunked":
+                self.chunked = True
+            else:
+                self.until_close = True
+        elif "content-length" in headers:
+            values = {v.strip() for v in length.split(",")}
+            if len(values) != 1 or not next(iter(values)).isdigit():
+                raise Broken(f"a bad Content-Length: {length[:40]!r}")
+            self.left = int(values.pop())
+            self.done = self.left == 0
+        else:
+            self.until_close = True
+        coding = (headers.get("content-encoding") or "identity").strip().lower()
+        if coding in ("gzip", "x-gzip", "deflate"):
+            self.decoder: Any = zlib.decompressobj(47 if coding != "deflate" else zlib.MAX_WBITS)
+        elif coding == "identity":
+            self.decoder = None
+        else:
+            raise Broken(f"an answer in {coding[:20]!r} encoding (identity was asked for)")
+
+    def reusable(self) -> bool:
+        return self.done and not self.until_close
+
+    def read1(self, amt: int) -> bytes:
+        if self.decoder is None:
+            return self._raw(amt)
+        d = self.decoder
+        while True:
+            if d.unconsumed_tail:
+                out = d.decompress(d.unconsumed_tail, amt)
+            else:
+                data = self._raw(64 * 1024)
+                out = d.decompress(data, amt) if data else d.flush()
+                if not data and not out:
+                    return b""
+            if out:
+                return bytes(out)
+
+    def _raw(self, amt: int) -> bytes:
+        if self.done:
+            return b""
+        r = self.conn
+        if self.until_close:
+            data = r.read1(amt)
+            if not data:
+                self.done = True
+            return data
+        if self.chunked:
+            if self.left == 0:
+                line = self.conn.readline()
+                size = line.split(b";", 1)[0].strip()
+                if not size or any(c not in b"0123456789abcdefABCDEF" for c in size):
+                    raise Broken(f"a bad chunk size line: {line[:40]!r}")
+                self.left = int(size, 16)
+                if self.left == 0:  # the last chunk: trailers, then the blank line
+                    while self.conn.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    self.done = True
+                    return b""
+            data = r.read1(min(amt, self.left))
+            if not data:
+                raise Broken("closed in the middle of a chunk")
+            self.left -= len(data)
+            if self.left == 0 and self.conn.readline() not in (b"\r\n", b"\n"):
+                raise Broken("a chunk does not end with CRLF")
+            return data
+        data = r.read1(min(amt, self.left))
+        if not data:
+            raise Broken(f"closed with {self.left} bytes of the answer missing")
+        self.left -= len(data)
+        self.done = self.left == 0
+        return data
+
+
 @dataclass
 class Exchange:
     """A request sent and its status line and headers read; the body is read in pieces."""
 
     status: int
-    headers: Mapping[str, str]
-    _resp: HTTPResponse
-    _conn: HTTPConnection
-    _sock: socket.socket | None
+    headers: Headers
+    _body: _Body
+    _keep: bool
+    _conn: Conn
     _guard: Guard
     _pool: Pool
     _key: tuple[object, ...]
@@ -201,12 +421,12 @@ class Exchange:
         left = self._guard.left()
         if left <= 0:
             self._guard.fire("deadline")
-        elif self._sock is not None:
+        else:
             with contextlib.suppress(OSError):
-                self._sock.settimeout(min(self._read_timeout, left))
+                self._conn.sock.settimeout(min(self._read_timeout, left))
         try:
-            chunk = self._resp.read1(amt)
-        except (OSError, urllib3.exceptions.HTTPError, http.client.HTTPException) as e:
+            chunk = self._body.read1(amt)
+        except (OSError, ValueError, Broken, zlib.error) as e:
             raise self._failed(e) from None
         if self._guard.fired:
             raise self._failed(None)
@@ -218,8 +438,7 @@ class Exchange:
         g = self._guard
         if g.fired == "aborted":
             return NetError("aborted", f"aborted: {g.reason}", sent=True, status=self.status)
-        if g.fired == "deadline" or isinstance(e, TimeoutError
-                                               | urllib3.exceptions.ReadTimeoutError):
+        if g.fired == "deadline" or isinstance(e, TimeoutError):
             return NetError("deadline", "no full answer in time", sent=True, status=self.status)
         return NetError("broken", f"connection broke mid-answer ({describe(e)})", sent=True,
                         status=self.status)
@@ -227,11 +446,9 @@ class Exchange:
     def close(self) -> None:
         """Return the connection for reuse if the answer was read to its end, else drop it."""
         self._guard.done()
-        # A close-delimited answer took the socket over: conn.sock is None then.
-        if self._ended and not self._guard.fired and self._conn.sock is not None:
+        if self._ended and self._keep and self._body.reusable() and not self._guard.fired:
             self._pool._put(self._key, self._conn)
         else:
-            self._resp.close()
             self._conn.close()
 
     def __enter__(self) -> Exchange:
@@ -258,7 +475,6 @@ def describe(e: BaseException | None) -> str:
                              *cur.args) if isinstance(x, BaseException)]
     for cls, text in ((ConnectionRefusedError, "connection refused"),
                       (socket.gaierror, "DNS lookup failed"),
-                      (http.client.RemoteDisconnected, "closed without answering"),
                       (ConnectionResetError, "connection reset"),
                       (ssl.SSLCertVerificationError, "certificate verification failed"),
                       (ssl.SSLError, "TLS error")):
@@ -268,10 +484,24 @@ def describe(e: BaseException | None) -> str:
                 hit.strerror if isinstance(hit, OSError) and hit.strerror else "")
             return f"{text}: {detail}" if detail and cls in (
                 ssl.SSLCertVerificationError, ssl.SSLError) else text
+    if isinstance(e, Broken):
+        return str(e)
     for x in reversed(chain):
         if isinstance(x, OSError) and x.strerror:
             return x.strerror[:120]
     return type(chain[-1]).__name__
+
+
+def _request(method: str, target: Target, headers: Mapping[str, str], body: bytes | None
+             ) -> bytes:
+    """The request's bytes, sent with one sendall (head and body in one segment)."""
+    lines = [f"{method} {target.path} HTTP/1.1"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    if body is not None:
+        lines.append(f"Content-Length: {len(body)}")
+    if any(c in line for line in lines for c in "\r\n\0"):
+        raise ValueError("a header or the path holds a line break")  # never sent
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
 
 
 class Pool:
@@ -280,20 +510,20 @@ class Pool:
     def __init__(self, per_origin: int = 64, user_agent: str = "vast-dispatcher") -> None:
         self.per_origin = max(1, per_origin)
         self.user_agent = user_agent
-        self._idle: dict[tuple[object, ...], list[HTTPConnection]] = {}
+        self._idle: dict[tuple[object, ...], list[Conn]] = {}
         self._lock = threading.Lock()
 
-    def _take(self, key: tuple[object, ...]) -> HTTPConnection | None:
+    def _take(self, key: tuple[object, ...]) -> Conn | None:
         with self._lock:
             idle = self._idle.get(key)
             while idle:
                 conn = idle.pop()
-                if conn.is_connected:  # not closed by the peer while idle
+                if conn.idle_ok():  # not closed by the peer while idle
                     return conn
                 conn.close()
         return None
 
-    def _put(self, key: tuple[object, ...], conn: HTTPConnection) -> None:
+    def _put(self, key: tuple[object, ...], conn: Conn) -> None:
         with self._lock:
             idle = self._idle.setdefault(key, [])
             if len(idle) < self.per_origin:
@@ -308,70 +538,65 @@ class Pool:
             for c in conns:
                 c.close()
 
-    def _new(self, t: Target, tls: ssl.SSLContext | None, connect_timeout: float
-             ) -> HTTPConnection:
-        host = t.connect_host or t.host
-        if t.scheme == "https":
-            # The context checks the name (server_hostname); urllib3 would switch a shared
-            # context's check_hostname off to do it itself if given assert_hostname.
-            return HTTPSConnection(host, t.port, timeout=connect_timeout,
-                                   ssl_context=tls or default_tls(), server_hostname=t.host)
-        return HTTPConnection(host, t.port, timeout=connect_timeout)
+    @staticmethod
+    def _connect(t: Target, tls: ssl.SSLContext | None, timeout: float) -> Conn:
+        sock = socket.create_connection((t.connect_host or t.host, t.port), timeout=timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if t.scheme == "https":
+                # The TLS name is the URL's host, also when connecting to a pinned address.
+                sock = (tls or default_tls()).wrap_socket(sock, server_hostname=t.host)
+        except BaseException:
+            sock.close()
+            raise
+        return Conn(sock)
 
     def exchange(self, method: str, target: Target, *, body: bytes | None,
                  headers: Mapping[str, str], guard: Guard, connect_timeout: float,
                  read_timeout: float, tls: ssl.SSLContext | None = None) -> Exchange:
         """Send the request and read the status line and headers, within ``guard``."""
         key = (target.scheme, target.host, target.port, target.connect_host, id(tls))
+        all_headers = {"Host": target.host_header, "User-Agent": self.user_agent,
+                       "Accept-Encoding": "identity", **headers}
+        request = _request(method, target, all_headers, body)
         conn = self._take(key)
-        fresh = conn is None
-        if conn is None:
-            conn = self._new(target, tls, min(connect_timeout, max(0.001, guard.left())))
         sent = False
         try:
-            if fresh:
+            if conn is None:
                 try:
-                    conn.connect()
-                except urllib3.exceptions.NewConnectionError as e:  # refused, DNS, no route
-                    raise NetError("connect", describe(e), sent=False) from None
-                except (TimeoutError, urllib3.exceptions.ConnectTimeoutError) as e:
+                    conn = self._connect(target, tls,
+                                         max(0.001, min(connect_timeout, guard.left())))
+                except TimeoutError as e:
                     raise NetError("connect_timeout", f"connect timed out ({describe(e)})",
                                    sent=False) from None
-                except (ssl.SSLError, urllib3.exceptions.SSLError) as e:
+                except ssl.SSLError as e:
                     raise NetError("tls", describe(e), sent=False) from None
-                except (OSError, urllib3.exceptions.HTTPError) as e:
+                except OSError as e:  # refused, DNS, no route
                     raise NetError("connect", describe(e), sent=False) from None
-            sock = conn.sock
-            guard.attach(sock)
-            # urllib3 sets the socket to conn.timeout before reading the answer.
-            conn.timeout = max(0.001, min(read_timeout, guard.left()))
-            if sock is not None:
-                sock.settimeout(conn.timeout)
-            all_headers = {"Host": target.host_header, "User-Agent": self.user_agent,
-                           "Accept-Encoding": "identity", **headers}
+            guard.attach(conn.sock)
+            conn.sock.settimeout(max(0.001, min(read_timeout, guard.left())))
             try:
-                conn.request(method, target.path, body=body, headers=all_headers,
-                             preload_content=False, decode_content=True)
+                conn.sock.sendall(request)
                 sent = True
-                resp = conn.getresponse()
-            except (OSError, urllib3.exceptions.HTTPError, http.client.HTTPException) as e:
+                status, keep, answer_headers = _read_head(conn)
+                answer = _Body(conn, method, status, answer_headers)
+            except (OSError, ValueError, Broken) as e:
                 if guard.fired == "aborted":
                     raise NetError("aborted", f"aborted: {guard.reason}", sent=sent) from None
                 if guard.fired or isinstance(e, TimeoutError):
                     raise NetError("deadline", "no answer in time", sent=sent) from None
                 raise NetError("connect" if not sent else "broken", describe(e),
                                sent=sent) from None
-            # A cut in the middle of the headers reads as their end to http.client: an
-            # answer whose headers the watchdog ended is no answer.
-            if guard.fired == "aborted":
-                raise NetError("aborted", f"aborted: {guard.reason}", sent=True)
-            if guard.fired:
-                raise NetError("deadline", "no answer in time", sent=True)
+            if guard.fired:  # cut just as the headers ended: no answer either
+                raise NetError("aborted" if guard.fired == "aborted" else "deadline",
+                               f"aborted: {guard.reason}" if guard.fired == "aborted"
+                               else "no answer in time", sent=True)
         except BaseException:
             guard.done()
-            conn.close()
+            if conn is not None:
+                conn.close()
             raise
-        return Exchange(resp.status, resp.headers, resp, conn, sock, guard, self, key,
+        return Exchange(status, answer_headers, answer, keep, conn, guard, self, key,
                         read_timeout)
 
 

@@ -100,7 +100,7 @@ class RouteClient:
                                     guard=self.watchdog.guard(self.route_timeout),
                                     connect_timeout=self.connect_timeout,
                                     read_timeout=self.route_timeout, tls=self.tls) as ex:
-                status, answer_headers = ex.status, dict(ex.headers)
+                status, answer_headers = ex.status, ex.headers
                 raw, cut = read_all(ex, ANSWER_LIMIT)
         except NetError as e:
             if e.kind in ("deadline", "connect_timeout"):
