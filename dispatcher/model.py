@@ -42,6 +42,11 @@ ScheduleOutcome = Literal["ok", "unknown", "lost", "succeeded", "failed", "expir
 FinishOutcome = Literal["ok", "unknown", "lost", "succeeded", "failed", "expired",
                         "cancelled"]
 HookOutcome = Literal["ok", "unknown", "done", "stale"]
+# retry: "ok" (queued again), the live status it already has (nothing to do), "unknown",
+# "succeeded" (a success is re-run only when forced), "no_payload" (a success's payload is
+# dropped at its end), "other_queue" (it belongs to another DISPATCHER_QUEUE).
+RetryOutcome = Literal["ok", "unknown", "queued", "waiting", "running", "succeeded",
+                       "no_payload", "other_queue"]
 # How a webhook attempt went (webhooks/delivery.py), and the delivery's state.
 HookResult = Literal["delivered", "retry", "failed"]
 WebhookStatus = Literal["pending", "retrying", "delivered", "failed"]
@@ -132,6 +137,10 @@ class Job:
     webhook_last_error: str | None = None
     webhook_delivery_id: str | None = None
     stream: bool = False  # its pieces go to a Redis stream as they arrive
+    # Re-runs (``retry``): how many, and why the run before the last one ended.
+    retries: int = 0
+    last_error: str | None = None
+    last_error_kind: str | None = None
 
     @property
     def done(self) -> bool:
@@ -182,4 +191,7 @@ class Job:
             webhook_last_error=h.get("webhook_last_error") or None,
             webhook_delivery_id=h.get("webhook_delivery_id") or None,
             stream=h.get("stream") == "1",
+            retries=_num(h.get("retries"), int) or 0,
+            last_error=h.get("last_error") or None,
+            last_error_kind=h.get("last_error_kind") or None,
         )

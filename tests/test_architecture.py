@@ -137,7 +137,8 @@ def test_lua_spells_no_key_and_no_status(lua: Path) -> None:
     fragments = [keys.PREFIX] + [k.template.split("{")[0] for k in keys.KEYS]
     vocabulary = {str(s) for s in Status} | {
         v for lit in (model.ClaimOutcome, model.ScheduleOutcome, model.FinishOutcome,
-                      model.HookOutcome, model.HookResult, model.WebhookStatus)
+                      model.HookOutcome, model.HookResult, model.WebhookStatus,
+                      model.RetryOutcome)
         for v in get_args(lit)}
     bad = [s for s in strings if s in vocabulary or any(f in s for f in fragments if f)]
     assert bad == []

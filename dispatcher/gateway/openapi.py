@@ -82,6 +82,7 @@ SCHEMAS: dict[str, Any] = {
             "assigned_at": NUM, "finished_at": NUM, "webhook": STR, "webhook_status": STR,
             "webhook_attempts": INT, "webhook_last_error": STR, "webhook_delivery_id": STR,
             "stream": {"type": "boolean"},
+            "retries": INT, "last_error": STR, "last_error_kind": STR,
         },
     },
     "Cancelled": {"type": "object", "required": ["id", "cancelled", "status"],

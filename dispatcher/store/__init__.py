@@ -8,7 +8,10 @@ Nothing here knows about Celery: what must be published comes back as ``Envelope
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import random
+from collections import deque
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -24,6 +27,7 @@ from dispatcher.model import (
     FinishOutcome,
     HookOutcome,
     Job,
+    RetryOutcome,
     ScheduleOutcome,
     Task,
 )
@@ -143,6 +147,30 @@ def view_from(job_id: str, values: list[str | None]) -> Job:
     return Job.from_hash(job_id, h)
 
 
+# What a listing shows of a job (``list_jobs``): no payload, no result.
+LIST_FIELDS = ("status", "endpoint", "error", "error_kind", "created_at", "assigned_at",
+               "finished_at", "attempts", "reroutes", "priority", "worker_status", "retries",
+               "last_error_kind")
+
+
+@dataclass(frozen=True)
+class Rerun:
+    outcome: RetryOutcome  # "ok": queued again, publish ``envelope``
+    envelope: Envelope | None = None
+
+
+def parse_retry(job_id: str, raw: list[Any]) -> Rerun:
+    if raw[0] != "ok":
+        return Rerun(raw[0])
+    return Rerun("ok", Envelope("dispatch", job_id, int(raw[1]), int(raw[2] or 0), raw[3]))
+
+
+def retry_call(queue: str, job_id: str, grace: float, force: bool
+               ) -> tuple[list[str], list[Arg]]:
+    """Keys and arguments of the retry script (the sync and asyncio stores share them)."""
+    return [keys.JOB(job_id), keys.WAITING(queue)], [job_id, grace, int(force), queue]
+
+
 def hook_envelope(job_id: str, priority: int = 0, endpoint: str = "") -> Envelope:
     """The first message of a webhook delivery ``finish`` queued."""
     return Envelope("webhook", job_id, keys.FIRST_WEBHOOK_SEQ, priority, endpoint)
@@ -175,6 +203,8 @@ class Store:
         self._gate_state = reg(source("gate_state"))
         self._renew = reg(source("renew"))
         self._forget_endpoints = reg(source("forget_endpoints"))
+        self._retry = reg(source("retry"))
+        self._cancel_running = reg(source("cancel_running"))
 
     # --- the job's transitions ---------------------------------------------------------
 
@@ -185,20 +215,34 @@ class Store:
 
     def create_many(self, jobs: list[tuple[str, dict[str, Any]]], grace: float) -> list[bool]:
         """``create`` for many jobs in one pipelined round trip; True where new."""
+        calls = [create_call(self.queue, job_id, fields, grace) for job_id, fields in jobs]
+        return [bool(r) for r in self._eval_many(self._create, calls)]
+
+    def _eval_many(self, script: Any, calls: list[tuple[list[str], list[Arg]]]) -> list[Any]:
+        """One script run per call, in one pipelined round trip."""
         p = self.redis.pipeline(transaction=False)
-        for job_id, fields in jobs:
-            k, args = create_call(self.queue, job_id, fields, grace)
-            p.evalsha(self._create.sha, len(k), *k, *args)
+        for k, args in calls:
+            p.evalsha(script.sha, len(k), *k, *args)
         raw = p.execute(raise_on_error=False)
-        missing = [i for i, r in enumerate(raw) if isinstance(r, redis.exceptions.NoScriptError)]
-        if missing:  # Redis restarted or flushed its scripts: those did not run
-            for i in missing:
-                job_id, fields = jobs[i]
-                raw[i] = self.create(job_id, fields, grace)
+        for i, r in enumerate(raw):
+            if isinstance(r, redis.exceptions.NoScriptError):
+                # Redis restarted or flushed its scripts: that one did not run
+                raw[i] = script(keys=calls[i][0], args=calls[i][1])
         for r in raw:
             if isinstance(r, Exception):
                 raise r
-        return [bool(r) for r in raw]
+        return raw
+
+    def retry(self, job_id: str, grace: float, force: bool = False) -> Rerun:
+        """Queue an ended job again (``retry.lua``); publish the envelope if "ok"."""
+        return self.retry_many([job_id], grace, force)[0]
+
+    def retry_many(self, job_ids: list[str], grace: float, force: bool = False
+                   ) -> list[Rerun]:
+        """``retry`` for many jobs in one pipelined round trip, in order."""
+        calls = [retry_call(self.queue, job_id, grace, force) for job_id in job_ids]
+        raw = self._eval_many(self._retry, calls)
+        return [parse_retry(job_id, r) for job_id, r in zip(job_ids, raw, strict=True)]
 
     def claim(self, job_id: str, seq: int, lease: float, token: str, poll_cap: float = 5.0
               ) -> Claim:
@@ -254,6 +298,11 @@ class Store:
                                       block=max(1, int(block * 1000))))
         return cast(list[tuple[str, dict[str, str]]], got[0][1] if got else [])
 
+    def stream_reset(self, job_id: str) -> None:
+        """Drop a streaming job's pieces before it is re-run (its reader then follows
+        the new run)."""
+        self.redis.delete(keys.STREAM(job_id))
+
     def renew(self, leases: list[tuple[str, str]], lease: float) -> dict[str, str]:
         """Renew (job id, lease token) leases for ``lease`` seconds; returns the jobs
         whose lease is gone, with their status (the holder cuts their GPU call)."""
@@ -277,6 +326,15 @@ class Store:
         """Cancel up to ``limit`` queued/waiting jobs: (cancelled, scanned, ids with a hook)."""
         raw = self._cancel_pending(
             keys=[keys.PENDING_INDEX(self.queue, endpoint), self.waiting, self.hooks],
+            args=[limit, ttl, grace, error, kind])
+        return int(raw[0]), int(raw[1]), list(raw[2:])
+
+    def cancel_running(self, endpoint: str, ttl: int, grace: float, error: str, kind: str,
+                       limit: int = 500) -> tuple[int, int, list[str]]:
+        """Cancel up to ``limit`` jobs on a GPU (their holders cut the calls): (cancelled,
+        scanned, ids with a hook)."""
+        raw = self._cancel_running(
+            keys=[keys.JOB_INDEX(endpoint, "running"), self.waiting, self.hooks],
             args=[limit, ttl, grace, error, kind])
         return int(raw[0]), int(raw[1]), list(raw[2:])
 
@@ -359,6 +417,61 @@ class Store:
         block = round(max(WAIT_SLICE_MIN, timeout), 3)
         # redis-py types the timeout int; Redis takes decimal seconds.
         return cast(str | None, r.blmove(k, k, block, "LEFT", "LEFT"))  # type: ignore[arg-type]
+
+    def list_jobs(self, endpoints: Iterable[str], statuses: Iterable[str],
+                  limit: int | None = 50, since: float | None = None,
+                  kinds: Collection[str] | None = None, page: int = 500) -> list[Job]:
+        """Jobs of ``endpoints`` now in one of ``statuses``, the latest to enter it first,
+        from the job index (no scan): ``since`` (Redis time) keeps those that entered it
+        since then, ``kinds`` those with one of these error kinds; ``limit`` None: all.
+        Each index is read a page at a time and merged; only the jobs shown are read."""
+        wanted = set(statuses)
+        index = [keys.JOB_INDEX(ep, st) for ep in endpoints for st in wanted]
+        low = "-inf" if since is None else f"{since:.6f}"
+        size = page if limit is None or kinds else max(1, min(page, limit + 8))
+        bufs: dict[str, deque[tuple[str, float]]] = {k: deque() for k in index}
+        offsets = dict.fromkeys(index, 0)
+        more = dict.fromkeys(index, True)
+
+        def load(ks: list[str]) -> None:
+            p = self.redis.pipeline(transaction=False)
+            for k in ks:
+                p.zrevrangebyscore(k, "+inf", low, start=offsets[k], num=size, withscores=True)
+            for k, got in zip(ks, p.execute(), strict=True):
+                offsets[k] += len(got)
+                bufs[k].extend(got)
+                more[k] = len(got) == size
+
+        load(index)
+        heap = [(-bufs[k][0][1], k) for k in index if bufs[k]]
+        heapq.heapify(heap)
+        out: list[Job] = []
+        seen: set[str] = set()
+        while heap and (limit is None or len(out) < limit):
+            batch: list[str] = []
+            n = size if limit is None or kinds else limit - len(out)
+            while heap and len(batch) < n:
+                _, k = heapq.heappop(heap)
+                job_id, _score = bufs[k].popleft()
+                if not bufs[k] and more[k]:
+                    load([k])
+                if bufs[k]:
+                    heapq.heappush(heap, (-bufs[k][0][1], k))
+                if job_id not in seen:
+                    seen.add(job_id)
+                    batch.append(job_id)
+            p = self.redis.pipeline(transaction=False)
+            for job_id in batch:
+                p.hmget(keys.JOB(job_id), LIST_FIELDS)
+            for job_id, values in zip(batch, p.execute(), strict=True):
+                h = {f: v for f, v in zip(LIST_FIELDS, values, strict=True) if v is not None}
+                # Gone (expired before the index was trimmed), or moved on since it was read.
+                if h.get("status") not in wanted or (kinds and h.get("error_kind") not in kinds):
+                    continue
+                out.append(Job.from_hash(job_id, h))
+                if limit is not None and len(out) >= limit:
+                    break
+        return out
 
     def counts(self, endpoint: str) -> dict[str, int]:
         """Jobs now queued/waiting/running, and totals that ended each way."""

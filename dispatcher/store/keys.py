@@ -19,6 +19,7 @@ from dispatcher.model import (
     FinishOutcome,
     HookOutcome,
     HookResult,
+    RetryOutcome,
     ScheduleOutcome,
     Status,
     WebhookStatus,
@@ -90,8 +91,13 @@ STREAM = Key("stream", "stream:{id}",
              "STREAM of a streaming job's pieces as they arrive ({data}), then one {end: "
              "<status>} after its terminal write; it expires with the job")
 
+JOB_INDEX = Key("jobs", "jobs:{endpoint}:{status}",
+                "ZSET of an endpoint's jobs in one status, scored by when each entered it "
+                "(lib/index.lua): an ended job's entry lives as long as the job, and at most "
+                "JOB_INDEX_MAX of them per endpoint and status")
+
 KEYS = (JOB, WAITING, HOOKS, PENDING_INDEX, HELD, GATE, CALLS, R429, COUNTS, SAMPLES,
-        ENDPOINTS, DONE, EVENTS, STREAM)
+        ENDPOINTS, DONE, EVENTS, STREAM, JOB_INDEX)
 
 JOB_PREFIX = JOB("")  # scripts that get ids from a set build job keys from it
 
@@ -117,6 +123,10 @@ NOTIFY_TTL = 60
 # The webhook event of a job that got a GPU (opt-in in webhook_events); the end events
 # are the terminal statuses.
 STARTED_EVENT = "started"
+
+# Ended jobs the job index keeps per endpoint and status, at most (the newest): a bound
+# under the result TTL's, for an endpoint that ends more jobs per TTL than this.
+JOB_INDEX_MAX = 100_000
 
 # kombu's Redis priority queues: "<queue>" for step 0, "<queue>:<n>" for the others.
 PRIORITY_STEPS = list(range(MAX_PRIORITY + 1))
@@ -166,7 +176,8 @@ def lua_prelude() -> str:
         _lua_set("TERMINAL", TERMINAL),
         _lua_set("PENDING", PENDING),
         _lua_set("LIVE", LIVE),
-        _lua_names("OUT", ClaimOutcome, ScheduleOutcome, FinishOutcome, HookOutcome),
+        _lua_names("OUT", ClaimOutcome, ScheduleOutcome, FinishOutcome, HookOutcome,
+                   RetryOutcome),
         _lua_names("HOOK", HookResult),
         _lua_names("WEBHOOK", WebhookStatus),
         f"local PRIORITY_BAND = {PRIORITY_BAND:.0f}",
@@ -178,6 +189,7 @@ def lua_prelude() -> str:
         f"local COUNTER_TTL = {COUNTER_TTL}",
         f"local NOTIFY_TTL = {NOTIFY_TTL}",
         f"local STARTED_EVENT = {STARTED_EVENT!r}",
+        f"local JOB_INDEX_MAX = {JOB_INDEX_MAX}",
     ]
     lines += [k.lua() for k in KEYS]
     return "\n".join(lines) + "\n"

@@ -35,7 +35,7 @@ if j[1] and t < deadline then
   local held = held_for_more_urgent(j[1], tonumber(j[5] or '0'), t)
   if held then
     redis.call('HINCRBY', KEYS[1], 'deferrals', 1)
-    schedule_job(KEYS[1], KEYS[2], ARGV[1], st, math.min(deadline, held))
+    schedule_job(KEYS[1], KEYS[2], ARGV[1], st, math.min(deadline, held), t)
     return {OUT.deferred, fmt(t)}
   end
   local g = gate_key(j[1])
@@ -60,7 +60,7 @@ if j[1] and t < deadline then
     end
     due = math.min(deadline, due)
     redis.call('HINCRBY', KEYS[1], 'deferrals', 1)
-    schedule_job(KEYS[1], KEYS[2], ARGV[1], st, due)
+    schedule_job(KEYS[1], KEYS[2], ARGV[1], st, due, t)
     return {OUT.deferred, fmt(t)}
   end
 end

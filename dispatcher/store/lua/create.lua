@@ -10,5 +10,5 @@ local t = now()
 redis.call('HSET', KEYS[1], 'created_at', fmt(t), 'seq', '0', unpack(ARGV, 3))
 redis.call('ZADD', KEYS[2], t + tonumber(ARGV[2]), ARGV[1])
 touch_endpoint(redis.call('HGET', KEYS[1], 'endpoint'), t)
-index_move(KEYS[1], ARGV[1], nil, ST.QUEUED)
+index_move(KEYS[1], ARGV[1], nil, ST.QUEUED, t)
 return 1

@@ -1,6 +1,6 @@
 --! uses: clock endpoints
 -- Forget endpoints idle for `idle` seconds (no create, no end) with no live job: their
--- counters, gate, samples, holds and pending index go. Names are bounded (validation),
+-- counters, gate, samples, holds, pending index and job index go. Names are bounded (validation),
 -- their number is not: without this, every name ever submitted would stay in Redis.
 -- KEYS: endpoints.  ARGV: idle_seconds, queue, limit.  Returns the names forgotten.
 local t = now()
@@ -14,6 +14,7 @@ for _, ep in ipairs(old) do
   if live <= 0 then
     redis.call('DEL', counts_key(ep), gate_key(ep), samples_key(ep), held_key(ep),
       pending_key(ARGV[2], ep))
+    for _, st in pairs(ST) do redis.call('DEL', jobs_key(ep, st)) end -- its job index
     redis.call('ZREM', KEYS[1], ep)
     out[#out + 1] = ep
   else

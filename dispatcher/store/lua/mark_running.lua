@@ -17,7 +17,7 @@ redis.call('HSET', KEYS[1], 'status', ST.RUNNING, 'assigned_at', fmt(t),
   'lease_until', fmt(until_), unpack(ARGV, 6))
 redis.call('HDEL', KEYS[1], 'next_poll_at')
 redis.call('ZADD', KEYS[2], until_, ARGV[1])
-index_move(KEYS[1], ARGV[1], st, ST.RUNNING)
+index_move(KEYS[1], ARGV[1], st, ST.RUNNING, t)
 queue_started_hook(KEYS[1], ARGV[1], t) -- its `started` webhook (lib/notify.lua)
 local out = {redis.call('HGET', KEYS[1], 'payload')}
 for _, v in ipairs(wake(KEYS[1], KEYS[2], tonumber(ARGV[4]), tonumber(ARGV[5]), t)) do

@@ -27,5 +27,5 @@ end
 if #ARGV > 6 then
   redis.call('HSET', KEYS[1], unpack(ARGV, 7))
 end
-schedule_job(KEYS[1], KEYS[2], ARGV[1], st, math.min(deadline_of(KEYS[1]), t + delay))
+schedule_job(KEYS[1], KEYS[2], ARGV[1], st, math.min(deadline_of(KEYS[1]), t + delay), t)
 return OUT.ok

@@ -22,7 +22,7 @@ end
 local function queue_hook(job, hooks, id, status, t, grace)
   if hook_behind(job, status) then return end -- after `started` (lib/notify.lua)
   redis.call('HSET', job, 'webhook_status', WEBHOOK.pending, 'webhook_seq', FIRST_WEBHOOK_SEQ,
-    'webhook_event', status, 'webhook_delivery_id', id .. '.' .. status,
+    'webhook_event', status, 'webhook_delivery_id', delivery_id(job, id, status),
     'webhook_attempts', '0')
   redis.call('ZADD', hooks, t + grace, id)
 end
@@ -60,7 +60,7 @@ local function finish_job(job, waiting, hooks, id, status, ttl, grace, fields)
     redis.call('XADD', sk, '*', 'end', status)
     redis.call('EXPIRE', sk, ttl)
   end
-  index_move(job, id, st, status)
+  index_move(job, id, st, status, t, ttl)
   local h = redis.call('HMGET', job, 'endpoint', 'created_at', 'assigned_at', 'webhook',
     'webhook_events')
   touch_endpoint(h[1], t)

@@ -18,6 +18,13 @@ end
 -- time per job and in order: an end that comes while the `started` delivery is still
 -- pending or retrying waits behind it (webhook_next_event), and goes when it is over.
 
+-- A delivery's id: `<job id>.<event>`, then `.<n>` once the job was re-run n times
+-- (retry.lua), so a receiver that de-duplicates on it still hears of a re-run.
+local function delivery_id(job, id, event)
+  local n = redis.call('HGET', job, 'retries')
+  return id .. '.' .. event .. (n and ('.' .. n) or '')
+end
+
 -- The job got a GPU: queue its `started` delivery, if it asked for one and no delivery
 -- was made yet (a re-routed job starts once). Due now: a worker's mover publishes it.
 local function queue_started_hook(job, id, t)
@@ -27,7 +34,7 @@ local function queue_started_hook(job, id, t)
     return
   end
   redis.call('HSET', job, 'webhook_status', WEBHOOK.pending, 'webhook_seq', FIRST_WEBHOOK_SEQ,
-    'webhook_event', STARTED_EVENT, 'webhook_delivery_id', id .. '.' .. STARTED_EVENT,
+    'webhook_event', STARTED_EVENT, 'webhook_delivery_id', delivery_id(job, id, STARTED_EVENT),
     'webhook_attempts', '0')
   redis.call('ZADD', hooks_key(h[4] or ''), t, id)
 end
@@ -47,6 +54,6 @@ local function start_next_hook(job, hooks, id, t)
   redis.call('HDEL', job, 'webhook_next_event', 'webhook_next_at')
   redis.call('HINCRBY', job, 'webhook_seq', 1)
   redis.call('HSET', job, 'webhook_status', WEBHOOK.pending, 'webhook_event', event,
-    'webhook_delivery_id', id .. '.' .. event, 'webhook_attempts', '0')
+    'webhook_delivery_id', delivery_id(job, id, event), 'webhook_attempts', '0')
   redis.call('ZADD', hooks, t, id)
 end

@@ -7,14 +7,15 @@ local function deadline_of(job)
 end
 
 -- Put a job back to wait until `due`; bumps seq so older messages go stale.
--- A job put back has had its answer: any hold it had on a slot ends.
-local function schedule_job(job, waiting, id, from, due)
+-- A job put back has had its answer: any hold it had on a slot ends. `t`: the
+-- caller's clock, if it read it.
+local function schedule_job(job, waiting, id, from, due, t)
   redis.call('HINCRBY', job, 'seq', 1)
   redis.call('HSET', job, 'status', ST.WAITING, 'next_poll_at', fmt(due))
   redis.call('HDEL', job, 'lease_until', 'lease_token', 'held_until')
   redis.call('ZREM', held_key(redis.call('HGET', job, 'endpoint') or ''), id)
   redis.call('ZADD', waiting, due, id)
-  index_move(job, id, from, ST.WAITING)
+  index_move(job, id, from, ST.WAITING, t)
 end
 
 -- A GPU slot of the endpoint is free (an assignment, a finished job): hand the
