@@ -194,6 +194,10 @@ class Settings:
         8, "DISPATCHER_WEBHOOK_CONCURRENCY",
         "threads of a `dispatcher worker --webhooks` process (deliveries in flight)",
         check=_at_least_one)
+    task_log: bool = setting(False, "DISPATCHER_TASK_LOG",
+                             "`1` keeps Celery's two INFO lines per task (received, succeeded); "
+                             "off, a job that ends well logs nothing: failures and warnings "
+                             "still do", shown="off")
     task_events: bool = setting(False, "DISPATCHER_TASK_EVENTS",
                                 "`1` sends Celery task events (Flower); the same as "
                                 "`dispatcher worker --events`", shown="off")

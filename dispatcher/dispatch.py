@@ -95,7 +95,10 @@ class Run:
                                            self.f.get("endpoint") or "")])
         outcome = done.outcome
         if outcome == "ok":
-            log.info("job %s %s%s", self.id, status, f" ({kind}): {error}" if error else "")
+            if error:
+                log.info("job %s %s (%s): %s", self.id, status, kind, error)
+            else:  # the hot path: one line per job only when asked for (DEBUG)
+                log.debug("job %s %s", self.id, status)
             return status
         log.info("job %s: %s not stored, job already %s", self.id, status, outcome)
         return outcome
