@@ -97,3 +97,13 @@ def test_webhooks_run_in_their_own_process() -> None:
     assert "--webhooks" not in command_of(services["worker"])
     args = build_parser().parse_args(procs["webhooks"].split()[1:])
     assert args.webhooks and args.func.__name__ == "cmd_worker"
+
+
+def test_the_supported_pythons_are_declared() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["requires-python"] == ">=3.11"
+    versions = {c.rsplit(" ", 1)[1] for c in project["classifiers"]
+                if c.startswith("Programming Language :: Python :: 3.")}
+    assert versions == {"3.11", "3.12", "3.13", "3.14"}
