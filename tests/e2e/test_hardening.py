@@ -108,3 +108,23 @@ def test_a_key_with_a_trailing_newline_works_and_one_inside_refuses_to_start(
     assert r.returncode == 2
     assert "VAST_API_KEY: holds a control character" in r.stderr
     assert key[5:] not in r.stderr + r.stdout and key[:5] + "\\n" not in r.stderr
+
+
+def test_a_worker_warns_loudly_when_redis_may_evict_live_jobs(e2e_env: dict[str, str]) -> None:
+    """Item 10: an allkeys-* eviction policy deletes job hashes under memory pressure."""
+    import redis
+
+    from dispatcher.dev.procs import wait_for_worker, worker_process
+    from dispatcher.dev.redis_server import RedisServer
+
+    with RedisServer() as server:
+        redis.Redis.from_url(server.url).config_set("maxmemory-policy", "allkeys-lru")
+        env = {**e2e_env, "REDIS_URL": server.url}
+        with worker_process(env, concurrency=2) as worker:
+            wait_for_worker(server.url, worker)
+            log = worker.log_text()
+        assert "maxmemory-policy IS 'allkeys-lru'" in log and "EVICT LIVE JOBS" in log
+        redis.Redis.from_url(server.url).config_set("maxmemory-policy", "noeviction")
+        with worker_process(env, concurrency=2) as worker:
+            wait_for_worker(server.url, worker)
+            assert "maxmemory-policy" not in worker.log_text()
