@@ -21,17 +21,19 @@ from rich.console import Console
 from bench.harness import Harness, machine_info
 from bench.report import Result, markdown, render, write_json
 from bench.scenarios import SCENARIOS, Config
+from bench.streaming import SCENARIOS as STREAM_SCENARIOS
 from bench.web import SCENARIOS as WEB_SCENARIOS
 
 RESULTS = Path(__file__).parent / "results"
-ALL_SCENARIOS = {**SCENARIOS, **WEB_SCENARIOS}
+ALL_SCENARIOS = {**SCENARIOS, **WEB_SCENARIOS, **STREAM_SCENARIOS}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--smoke", action="store_true", help="tiny sizes, for CI (< 2 minutes)")
     p.add_argument("--scenarios", default="1,2,3,4,5",
-                   help="which to run, e.g. 1,4; 6-8 (bench/web.py) on request")
+                   help="which to run, e.g. 1,4; 6-8 (bench/web.py) and 9 (streaming) on "
+                        "request")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON path (default bench/results/latest.json, smoke.json with --smoke)")
     p.add_argument("--throughput-jobs", type=int, help="jobs per pass in scenario 1")
