@@ -63,11 +63,18 @@ def test_sigkill_worker_with_waiting_and_running_jobs() -> None:
         # then the waiting jobs get their GPUs.
         deadline = time.monotonic() + visibility + 20
         while time.monotonic() < deadline:
-            again = [c.client.get_job(i).assigned_at or 0 for i in slow]  # type: ignore[union-attr]
+            again = [float(t or 0) for t in c.field(slow, "assigned_at")]
             if min(again) > killed_at:
                 break
             time.sleep(0.25)
         running_back = min(again) - killed_at
+        # Meanwhile the waiting jobs kept polling, from Redis: each is due again within
+        # a poll interval (a job's next poll is set when its last one is answered).
+        assert c.client is not None
+        polls = c.field(waiting, "next_poll_at")
+        now = c.client.store.now()  # read after: every poll set above was set before it
+        due = [float(t) - now for t in polls if t]
+        assert len(due) > 900 and max(due) <= poll_cap + 0.01, (len(due), max(due))
         assert c.emulator is not None
         c.emulator.configure({"endpoints": {"cold": {"workers": 4}}})  # ready now
         gpus_at = time.time()
@@ -90,8 +97,7 @@ def test_sigkill_worker_with_waiting_and_running_jobs() -> None:
         assert report.succeeded == 1050, report
         # The scenario as described: all 50 slow jobs, and only they, were on a GPU.
         assert on_gpu == set(slow), c.diagnose(report)
-        # Waiting jobs live in Redis, not in the dead worker: once a GPU is ready they
-        # are on it within a poll interval (each polls at most every poll cap).
+        # Once a GPU is ready, the first of them is on it within a poll interval.
         assert waiting_back < poll_cap + SLACK, report.notes
         # The running jobs came back once their lease ended (renewed every second until
         # the kill): not early, while a live worker could still have been running them,
