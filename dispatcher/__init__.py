@@ -16,7 +16,7 @@ demo and test harness, ``emulator/`` a local Vast.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dispatcher.config import Settings, get_settings
@@ -26,6 +26,7 @@ from dispatcher.errors import (
     InvalidJob,
     JobFailed,
     JobNotFound,
+    RetryRefused,
     RouteError,
     VastError,
     WaitTimeout,
@@ -41,9 +42,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "STATUSES", "Client", "ConfigError", "DispatcherError", "InvalidJob", "Job", "JobFailed",
-    "JobNotFound", "RouteError", "Settings", "Status", "VastError", "WaitTimeout",
-    "WebhookSignatureError", "WorkerError", "app", "cancel", "cancel_many", "get_job", "purge",
-    "sse", "stats", "stream", "submit", "submit_many", "wait", "watch",
+    "JobNotFound", "RetryRefused", "RouteError", "Settings", "Status", "VastError",
+    "WaitTimeout", "WebhookSignatureError", "WorkerError", "app", "cancel", "cancel_many",
+    "get_job", "list_jobs", "purge", "retry", "retry_failed", "retry_many", "sse", "stats",
+    "stream", "submit", "submit_many", "wait", "watch",
 ]
 
 _app: Celery | None = None
@@ -129,9 +131,33 @@ def cancel_many(job_ids: list[str]) -> list[str]:
     return default_client().cancel_many(job_ids)
 
 
-def purge(endpoint: str) -> int:
-    """Cancel all queued and waiting jobs of an endpoint; returns how many."""
-    return default_client().purge(endpoint)
+def purge(endpoint: str, running: bool = False) -> int:
+    """Cancel all queued and waiting jobs of an endpoint, and with ``running`` those on a
+    GPU (their calls are cut); returns how many."""
+    return default_client().purge(endpoint, running)
+
+
+def list_jobs(endpoint: str | None = None, status: str | Sequence[str] | None = None,
+              **options: Any) -> list[Job]:
+    """Jobs by endpoint and status, the latest first (``Client.list_jobs``: ``limit``,
+    ``kind``, ``since``)."""
+    return default_client().list_jobs(endpoint, status, **options)
+
+
+def retry(job_id: str, force: bool = False) -> bool:
+    """Run an ended job again with its payload and settings (``Client.retry``)."""
+    return default_client().retry(job_id, force)
+
+
+def retry_many(job_ids: Iterable[str], force: bool = False) -> dict[str, str]:
+    """``retry`` for many jobs: each id's outcome ("ok" where queued)."""
+    return default_client().retry_many(job_ids, force)
+
+
+def retry_failed(endpoint: str, **options: Any) -> list[str]:
+    """Run again the failed jobs of an endpoint (``Client.retry_failed``: ``since``,
+    ``kind``, ``status``); the ids queued."""
+    return default_client().retry_failed(endpoint, **options)
 
 
 def stats() -> dict[str, Any]:

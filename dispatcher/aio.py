@@ -28,7 +28,7 @@ from dispatcher.model import Envelope, Job, Status
 from dispatcher.store import hook_envelope
 from dispatcher.store.aio import AsyncStore, connect
 from dispatcher.streams import Follow, result_text, sse_data, sse_end
-from dispatcher.submission import NewJob, first_of_each, new_job, new_jobs
+from dispatcher.submission import NewJob, first_of_each, new_job, new_jobs, retry_answer
 from dispatcher.waits import RECHECK, next_block
 
 if TYPE_CHECKING:
@@ -36,8 +36,8 @@ if TYPE_CHECKING:
 
     from dispatcher.worker.publish import CeleryPublisher
 
-__all__ = ["AsyncClient", "cancel", "cancel_many", "default_client", "get_job", "submit",
-           "submit_many", "wait", "watch"]
+__all__ = ["AsyncClient", "cancel", "cancel_many", "default_client", "get_job", "list_jobs",
+           "retry", "retry_many", "submit", "submit_many", "wait", "watch"]
 
 SUBMIT_CHUNK = 500  # jobs per pipelined round trip in submit_many
 PUBLISH_THREADS = 4
@@ -81,12 +81,14 @@ class AsyncClient:
         webhook: str | None = None,
         webhook_events: Sequence[str] = ("completed",),
         stream: bool = False,
+        max_reroutes: int | None = None,
+        retry_on: Sequence[str] | None = None,
     ) -> str:
         """Queue a job; returns its id (see ``dispatcher.submit``)."""
         job_id, _ = await self.submit_job(
             endpoint, payload, path=path, cost=cost, max_wait=max_wait, timeout=timeout,
             priority=priority, job_id=job_id, webhook=webhook, webhook_events=webhook_events,
-            stream=stream)
+            stream=stream, max_reroutes=max_reroutes, retry_on=retry_on)
         return job_id
 
     async def submit_job(self, endpoint: Any, payload: Any, **options: Any
@@ -245,12 +247,39 @@ class AsyncClient:
         await self.publish(hooks)
         return cancelled
 
+    async def retry(self, job_id: str, force: bool = False) -> bool:
+        """Run an ended job again (``dispatcher.retry``): True if this call queued it."""
+        return retry_answer(job_id, (await self.retry_many([job_id], force))[job_id])
+
+    async def retry_many(self, job_ids: Iterable[str], force: bool = False
+                         ) -> dict[str, str]:
+        """``dispatcher.retry_many``: each id's outcome, "ok" where this call queued it."""
+        ids = list(dict.fromkeys(job_ids))
+        out: dict[str, str] = {}
+        for i in range(0, len(ids), SUBMIT_CHUNK):
+            part = ids[i:i + SUBMIT_CHUNK]
+            done = await self.store.retry_many(part, self.settings.publish_grace, force)
+            out.update((job_id, r.outcome) for job_id, r in zip(part, done, strict=True))
+            await self.publish([r.envelope for r in done if r.envelope is not None])
+        return out
+
+    async def list_jobs(self, endpoint: str | None = None,
+                        status: str | Sequence[str] | None = None, **options: Any
+                        ) -> list[Job]:
+        """``dispatcher.list_jobs`` (a few reads of the job index), in a thread."""
+        from dispatcher.ops.jobs import find_jobs
+
+        def read() -> list[Job]:
+            return find_jobs(self._sync(), endpoint, status, **options)
+
+        return await asyncio.get_running_loop().run_in_executor(self._threads, read)
+
     async def stats(self) -> dict[str, Any]:
         """Per-endpoint queue health (``dispatcher.stats``), read in a thread."""
         return await asyncio.get_running_loop().run_in_executor(self._threads, self._stats)
 
-    def _stats(self) -> dict[str, Any]:
-        from dispatcher.ops.stats import collect
+    def _sync(self) -> Any:
+        """A small sync store for the reads done in a thread (stats, listings)."""
         from dispatcher.store import Store
         from dispatcher.store import connect as sync_connect
 
@@ -258,7 +287,12 @@ class AsyncClient:
         if store is None:
             store = self._sync_store = Store(sync_connect(self.settings.redis_url, 4),
                                              self.settings.queue, self.settings.route_budget())
-        return collect(store)
+        return store
+
+    def _stats(self) -> dict[str, Any]:
+        from dispatcher.ops.stats import collect
+
+        return collect(self._sync())
 
     async def ping(self) -> bool:
         return bool(await self.store.redis.ping())
@@ -332,3 +366,16 @@ async def cancel(job_id: str) -> bool:
 
 async def cancel_many(job_ids: Iterable[str]) -> list[str]:
     return await default_client().cancel_many(job_ids)
+
+
+async def retry(job_id: str, force: bool = False) -> bool:
+    return await default_client().retry(job_id, force)
+
+
+async def retry_many(job_ids: Iterable[str], force: bool = False) -> dict[str, str]:
+    return await default_client().retry_many(job_ids, force)
+
+
+async def list_jobs(endpoint: str | None = None, status: str | Sequence[str] | None = None,
+                    **options: Any) -> list[Job]:
+    return await default_client().list_jobs(endpoint, status, **options)

@@ -72,6 +72,7 @@ def cmd_submit(a: argparse.Namespace) -> int:
             a.endpoint, payload, cost=a.cost, path=a.path, max_wait=a.max_wait,
             timeout=a.timeout, priority=a.priority, job_id=a.job_id, webhook=a.webhook,
             webhook_events=a.webhook_events or ["completed"], stream=a.stream,
+            max_reroutes=a.max_reroutes, retry_on=a.retry_on,
         )
     except InvalidJob as e:
         return _usage_error(str(e))
@@ -130,7 +131,8 @@ def _submit_jsonl(a: argparse.Namespace) -> int:
     defaults = {k: v for k, v in {
         "endpoint": a.endpoint, "path": a.path, "cost": a.cost, "max_wait": a.max_wait,
         "timeout": a.timeout, "priority": a.priority, "webhook": a.webhook,
-        "webhook_events": a.webhook_events}.items() if v is not None}
+        "webhook_events": a.webhook_events, "max_reroutes": a.max_reroutes,
+        "retry_on": a.retry_on}.items() if v is not None}
     jobs = []
     for i, item in enumerate(items):
         if isinstance(item, dict) and "endpoint" in item:
@@ -245,22 +247,144 @@ def cmd_cancel(a: argparse.Namespace) -> int:
     return code
 
 
+def _confirm(question: str, yes: bool, what: str) -> bool | int:
+    """True to go on, False if the operator said no; an exit code when it cannot ask."""
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        return _usage_error(f"{what}: confirm with --yes when not on a terminal")
+    if input(f"{question} [y/N] ").strip().lower() in ("y", "yes"):
+        return True
+    return False
+
+
 def cmd_purge(a: argparse.Namespace) -> int:
     client = _client()
     counts = client.stats()["endpoints"].get(a.endpoint)
     if counts is None:
         return _usage_error(f"endpoint: no jobs were ever submitted for {a.endpoint!r}")
     n = counts["queued"] + counts["waiting"]
-    if not a.yes:
-        if not sys.stdin.isatty():
-            return _usage_error("purge: confirm with --yes when not on a terminal")
-        answer = input(f"Cancel {n} queued/waiting job(s) of endpoint {a.endpoint!r} "
-                       f"({counts['running']} running are left alone)? [y/N] ")
-        if answer.strip().lower() not in ("y", "yes"):
+    if a.running:
+        question = (f"Cancel {n + counts['running']} job(s) of endpoint {a.endpoint!r}: "
+                    f"{n} queued/waiting and {counts['running']} running (their GPU calls "
+                    "are cut)?")
+    else:
+        question = (f"Cancel {n} queued/waiting job(s) of endpoint {a.endpoint!r} "
+                    f"({counts['running']} running are left alone)?")
+    go = _confirm(question, a.yes, "purge")
+    if go is not True:
+        if go is False:
             print("nothing cancelled")
-            return EXIT_OK
-    print(f"{client.purge(a.endpoint)} job(s) of {a.endpoint!r} cancelled")
+        return EXIT_OK if go is False else int(go)
+    print(f"{client.purge(a.endpoint, running=a.running)} job(s) of {a.endpoint!r} cancelled")
     return EXIT_OK
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of ``90``, ``90s``, ``30m``, ``1h``, ``2d``."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    raw = text.strip().lower()
+    scale = units.get(raw[-1:], 0)
+    try:
+        value = float(raw[:-1] if scale else raw) * (scale or 1)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"must be a duration such as 90s, 30m, 1h or 2d, got {text!r}")
+    return value
+
+
+def _ago(now: float, t: float | None) -> str:
+    from dispatcher.ops.top import seconds
+
+    return "-" if t is None else seconds(max(0.0, now - t))
+
+
+def cmd_jobs(a: argparse.Namespace) -> int:
+    from dispatcher.errors import InvalidJob
+
+    client = _client()
+    try:
+        jobs = client.list_jobs(a.endpoint, a.status, limit=a.limit, kind=a.kind,
+                                since=a.since)
+    except InvalidJob as e:
+        return _usage_error(str(e))
+    if a.json:
+        _print_json([{k: v for k, v in j.to_dict().items() if v is not None}
+                     for j in jobs])
+        return EXIT_OK
+    now = client.store.now()
+    rows = [("id", "status", "kind", "age", "ended", "endpoint")]
+    rows += [(j.id, j.status, j.error_kind or "-", _ago(now, j.created_at),
+              _ago(now, j.finished_at), j.endpoint or "-") for j in jobs]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    if not jobs:
+        print("no jobs", file=sys.stderr)
+    return EXIT_OK
+
+
+def _retry_outcome(job_id: str, outcome: str) -> str:
+    from dispatcher.submission import NOT_ENDED, RETRY_REFUSALS
+
+    if outcome == "ok":
+        return f"{job_id} queued"
+    if outcome in NOT_ENDED:
+        return f"{job_id} not retried: it is {outcome} (not ended)"
+    reason = RETRY_REFUSALS.get(outcome, outcome)
+    if outcome == "succeeded":
+        reason = "it succeeded (--force to run it again)"
+    return f"{job_id} not retried: {reason}"
+
+
+def cmd_retry(a: argparse.Namespace) -> int:
+    from dispatcher.errors import InvalidJob
+
+    client = _client()
+    if a.failed is not None:
+        if a.job_ids:
+            return _usage_error("retry: give job ids or --failed ENDPOINT, not both")
+        try:
+            jobs = client.list_jobs(a.failed, a.status or "failed", limit=None,
+                                    kind=a.kind, since=a.since)
+        except InvalidJob as e:
+            return _usage_error(str(e))
+        ids = [j.id for j in jobs]
+        if not ids:
+            print(f"no {'/'.join(a.status or ['failed'])} jobs of {a.failed!r} to retry")
+            return EXIT_OK
+        which = "/".join(a.status or ["failed"]) + (f" ({', '.join(a.kind)})" if a.kind else "")
+        since = f" that ended in the last {a.since:g}s" if a.since else ""
+        go = _confirm(f"Run {len(ids)} {which} job(s) of endpoint {a.failed!r}{since} again?",
+                      a.yes, "retry --failed")
+        if go is not True:
+            if go is False:
+                print("nothing retried")
+            return EXIT_OK if go is False else int(go)
+    else:
+        if a.status or a.kind or a.since:
+            return _usage_error("retry: --status, --kind and --since go with --failed ENDPOINT")
+        ids = list(a.job_ids)
+        if a.stdin:
+            ids += [line.strip() for line in sys.stdin if line.strip()]
+        if not ids:
+            return _usage_error("retry: give job ids, --stdin, or --failed ENDPOINT")
+    from dispatcher.submission import NOT_ENDED
+
+    outcomes = client.retry_many(ids, force=a.force)
+    code = EXIT_OK
+    for job_id, outcome in outcomes.items():
+        # Not ended: it will run anyway (a second retry queues a job once): no error.
+        print(_retry_outcome(job_id, outcome),
+              file=sys.stdout if outcome == "ok" else sys.stderr)
+        if outcome != "ok" and outcome not in NOT_ENDED:
+            code = EXIT_JOB_FAILED
+    queued = sum(o == "ok" for o in outcomes.values())
+    if len(outcomes) > 1:
+        print(f"{queued} of {len(outcomes)} job(s) queued again", file=sys.stderr)
+    return code
 
 
 def cmd_stats(a: argparse.Namespace) -> int:
@@ -389,6 +513,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stream", action="store_true",
                    help="make the answer's pieces readable as they arrive (with --wait: "
                         "print them, one per line)")
+    s.add_argument("--max-reroutes", type=int, default=None, metavar="N",
+                   help="this job's bound on re-routes (default DISPATCHER_MAX_REROUTES)")
+    s.add_argument("--retry-on", action="append", default=None, metavar="KIND",
+                   help="also re-run after worker_timeout or worker_stream_broken (the GPU may "
+                        "have done the work: for idempotent jobs); repeatable")
     s.add_argument("--wait", action="store_true", help="wait and print the finished job")
     s.add_argument("--wait-timeout", type=float, default=3600.0)
     s.set_defaults(func=cmd_submit)
@@ -412,8 +541,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("purge", help="cancel all queued/waiting jobs of an endpoint")
     s.add_argument("endpoint")
+    s.add_argument("--running", action="store_true",
+                   help="also cancel the jobs on a GPU (their calls are cut)")
     s.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     s.set_defaults(func=cmd_purge)
+
+    s = sub.add_parser("jobs", help="list jobs by endpoint and status, the latest first")
+    s.add_argument("--endpoint", default=None, help="one endpoint (default: every one)")
+    s.add_argument("--status", action="append", default=None,
+                   choices=["queued", "waiting", "running", "succeeded", "failed", "expired",
+                            "cancelled"], help="repeatable (default: any)")
+    s.add_argument("--kind", action="append", default=None, metavar="ERROR_KIND",
+                   help="only jobs with this error_kind; repeatable")
+    s.add_argument("--since", type=parse_duration, default=None, metavar="DURATION",
+                   help="only jobs that entered their status within it (90s, 30m, 1h, 2d)")
+    s.add_argument("--limit", type=int, default=50)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_jobs)
+
+    s = sub.add_parser("retry", help="run ended jobs again with their payload and settings")
+    s.add_argument("job_ids", nargs="*")
+    s.add_argument("--stdin", action="store_true", help="also read job ids, one per line")
+    s.add_argument("--failed", default=None, metavar="ENDPOINT",
+                   help="every failed job of ENDPOINT (after a confirmation)")
+    s.add_argument("--status", action="append", default=None,
+                   choices=["failed", "expired", "cancelled"],
+                   help="with --failed: the ends to retry (default failed); repeatable")
+    s.add_argument("--kind", action="append", default=None, metavar="ERROR_KIND",
+                   help="with --failed: only jobs with this error_kind; repeatable")
+    s.add_argument("--since", type=parse_duration, default=None, metavar="DURATION",
+                   help="with --failed: only jobs that ended within it (90s, 30m, 1h, 2d)")
+    s.add_argument("--force", action="store_true", help="also re-run succeeded jobs")
+    s.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    s.set_defaults(func=cmd_retry)
+
 
     s = sub.add_parser("stats", help="queue health per endpoint (a table, or --json)")
     s.add_argument("--json", action="store_true")

@@ -1,5 +1,5 @@
 """What a web app calls: submit a job (validate -> store.create -> publish), read it,
-wait for it, cancel it."""
+wait for it, cancel it; and what an operator calls: find jobs, re-run them, purge."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from celery import Celery
 from dispatcher.config import Settings, get_settings
 from dispatcher.errors import JobFailed, JobNotFound, WaitTimeout
 from dispatcher.model import Envelope, Job, Status
+from dispatcher.ops.jobs import find_jobs, names
 from dispatcher.store import Store, connect, hook_envelope
 from dispatcher.streams import Follow, result_text, sse_data, sse_end
-from dispatcher.submission import first_of_each, new_job, new_jobs
+from dispatcher.submission import first_of_each, new_job, new_jobs, retry_answer
 from dispatcher.waits import RECHECK, next_block
 from dispatcher.worker.app import make_app
 from dispatcher.worker.publish import CeleryPublisher
@@ -26,6 +27,8 @@ log = logging.getLogger("dispatcher.client")
 
 # Jobs per pipelined round trip in submit_many.
 SUBMIT_CHUNK = 500
+# Jobs per pipelined round trip in retry_many.
+RETRY_CHUNK = 500
 
 
 class Client:
@@ -54,6 +57,8 @@ class Client:
         webhook: str | None = None,
         webhook_events: Sequence[str] = ("completed",),
         stream: bool = False,
+        max_reroutes: int | None = None,
+        retry_on: Sequence[str] | None = None,
     ) -> str:
         """Queue a job; returns its id. ``job_id`` is an idempotency key.
 
@@ -61,11 +66,16 @@ class Client:
         job when it ends (``webhook_events``: "completed" = any end, or some of
         "succeeded", "failed", "expired", "cancelled"). ``stream``: the answer's pieces
         are readable as they arrive (``stream()``, ``sse()``, ``dispatcher:stream:<id>``).
+        Retry policy: ``max_reroutes`` bounds this job's re-routes (default
+        DISPATCHER_MAX_REROUTES); ``retry_on`` (``worker_timeout``,
+        ``worker_stream_broken``) lets an idempotent job be re-run after those too, which
+        by default fail it (the GPU may have done the work).
         Raises ``InvalidJob`` (a ``ValueError``) naming the bad field.
         """
         job = new_job(self.settings, endpoint, payload, path=path, cost=cost,
                       max_wait=max_wait, timeout=timeout, priority=priority, job_id=job_id,
-                      webhook=webhook, webhook_events=webhook_events, stream=stream)
+                      webhook=webhook, webhook_events=webhook_events, stream=stream,
+                      max_reroutes=max_reroutes, retry_on=retry_on)
         if self.store.create(job.id, job.fields, self.settings.publish_grace):
             self._publish_new([job.envelope])
         # else: already submitted: same job, never a second run
@@ -216,18 +226,68 @@ class Client:
         self._publish_hooks(hooks)
         return cancelled
 
-    def purge(self, endpoint: str) -> int:
-        """Cancel every queued or waiting job of an endpoint (not those on a GPU); returns
-        how many. Most urgent first, in batches, so Redis is never blocked for long."""
+    def purge(self, endpoint: str, running: bool = False) -> int:
+        """Cancel every queued or waiting job of an endpoint, and with ``running`` those on
+        a GPU too (their calls are cut within about a second); returns how many. In
+        batches, so Redis is never blocked for long."""
         s = self.settings
         total = 0
-        while True:
-            n, scanned, hooks = self.store.cancel_pending(
-                endpoint, s.result_ttl, s.publish_grace, "cancelled by purge", "cancelled")
-            total += n
-            self._publish_hooks(hooks)
-            if scanned == 0:
-                return total
+        cancels = [self.store.cancel_pending] + ([self.store.cancel_running] if running else [])
+        for cancel in cancels:
+            while True:
+                n, scanned, hooks = cancel(endpoint, s.result_ttl, s.publish_grace,
+                                           "cancelled by purge", "cancelled")
+                total += n
+                self._publish_hooks(hooks)
+                if scanned == 0:
+                    break
+        return total
+
+    # --- operators: find jobs, run them again --------------------------------------------
+
+    def list_jobs(self, endpoint: str | None = None, status: str | Sequence[str] | None = None,
+                  *, limit: int | None = 50, kind: str | Sequence[str] | None = None,
+                  since: float | None = None) -> list[Job]:
+        """Jobs the latest to enter their status first, from the job index (no scan):
+        ``endpoint`` (None: every one), ``status`` (one or several; None: any),
+        ``kind`` (their ``error_kind``), ``since`` (entered that status within so many
+        seconds), at most ``limit`` (None: all). Each ``Job`` holds the listing's fields:
+        status, error, error_kind, times and counters; never the payload or the result."""
+        return find_jobs(self.store, endpoint, status, limit=limit, kind=kind, since=since)
+
+    def retry(self, job_id: str, force: bool = False) -> bool:
+        """Run an ended job (failed, expired, cancelled) again with its payload and
+        settings: back to ``queued``, ``retries`` + 1, its error kept as ``last_error``.
+
+        True if this call queued it; False if it has not ended (a second retry of a job
+        queues it once). A succeeded job only with ``force``. Raises ``JobNotFound``, and
+        ``RetryRefused`` saying why it cannot be run again.
+        """
+        return retry_answer(job_id, self.retry_many([job_id], force)[job_id])
+
+    def retry_many(self, job_ids: Iterable[str], force: bool = False) -> dict[str, str]:
+        """``retry`` for many jobs, 500 per round trip: each id's outcome, "ok" where this
+        call queued it, else the live status it has or why not
+        (``submission.RETRY_REFUSALS``)."""
+        ids = list(dict.fromkeys(job_ids))
+        out: dict[str, str] = {}
+        for i in range(0, len(ids), RETRY_CHUNK):
+            part = ids[i:i + RETRY_CHUNK]
+            done = self.store.retry_many(part, self.settings.publish_grace, force)
+            out.update((job_id, r.outcome) for job_id, r in zip(part, done, strict=True))
+            self._publish_new([r.envelope for r in done if r.envelope is not None])
+        return out
+
+    def retry_failed(self, endpoint: str, *, since: float | None = None,
+                     kind: str | Sequence[str] | None = None,
+                     status: str | Sequence[str] = "failed") -> list[str]:
+        """Run again every job of ``endpoint`` that ended ``status`` (failed by default;
+        expired, cancelled), within ``since`` seconds, of ``kind``; the ids queued."""
+        allowed = [str(s) for s in (Status.FAILED, Status.EXPIRED, Status.CANCELLED)]
+        statuses = names("status", status, allowed)
+        jobs = self.list_jobs(endpoint, statuses, limit=None, kind=kind, since=since)
+        done = self.retry_many([j.id for j in jobs])
+        return [job_id for job_id, outcome in done.items() if outcome == "ok"]
 
     def stats(self) -> dict[str, Any]:
         """Per-endpoint queue health; see ``dispatcher.stats``."""

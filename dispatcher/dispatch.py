@@ -221,19 +221,27 @@ def _advance(run: Run) -> RunOutcome:
     try:
         resp = rt.vast.call_worker(answer, spec.path, payload, spec.timeout, guard=guard,
                                    on_pieces=on_pieces)
-    except WorkerUnavailable as e:
+    except (WorkerUnavailable, WorkerTimeout, WorkerStreamBroken) as e:
+        # The retry policy. A worker error before any work is re-routed; a timeout or a
+        # broken stream (the GPU may have done the work) only for a job that opted in
+        # (retry_on); every re-route within the job's max_reroutes (or the global one).
+        kind = "worker_failed" if isinstance(e, WorkerUnavailable) else _kind(e)
+        limit, retry_on = _retry_policy(f, s.max_reroutes)
+        if kind != "worker_failed" and kind not in retry_on:
+            return run.finish(Status.FAILED, str(e), kind, worker_status=e.status)
         run.reroutes += 1
-        if run.reroutes > s.max_reroutes:
+        if run.reroutes > limit:
+            what = "worker failed" if kind == "worker_failed" else f"GPU call failed ({kind})"
             return run.finish(
-                Status.FAILED,
-                f"worker failed {run.reroutes} times, re-routes spent; last answer: {e}",
-                "worker_failed", worker_status=e.status,
+                Status.FAILED, f"{what} {run.reroutes} times, re-routes spent; last answer: {e}",
+                kind, worker_status=e.status,
             )
+        if kind != "worker_failed" and f.get("stream") == "1":
+            rt.store.stream_reset(run.id, run.token)  # its reader follows the re-run from its start
         delay = poll_delay(run.reroutes - 1, s.poll_base, s.poll_cap)
-        return run.wait(f"re-routing ({run.reroutes}/{s.max_reroutes}) after {e}", delay,
+        return run.wait(f"re-routing ({run.reroutes}/{limit}) after {e}", delay,
                         worker_status=e.status, request_idx="")
-    except (WorkerTimeout, WorkerRejected, WorkerBadAnswer, WorkerTLSError,
-            WorkerAborted, WorkerStreamBroken) as e:
+    except (WorkerRejected, WorkerBadAnswer, WorkerTLSError, WorkerAborted) as e:
         # A cut call (WorkerAborted) writes nothing if the job was cancelled meanwhile or
         # another run holds it now: finish says so.
         return run.finish(Status.FAILED, str(e), _kind(e), worker_status=e.status)
@@ -249,6 +257,16 @@ def _advance(run: Run) -> RunOutcome:
         result=json.dumps(resp.body, separators=(",", ":")) if is_json else resp.body,
         result_type="json" if is_json else "text",
     )
+
+
+def _retry_policy(f: dict[str, str], default: int) -> tuple[int, set[str]]:
+    """The job's re-route bound and the error kinds it may be re-run after (submit's
+    ``max_reroutes``, ``retry_on``)."""
+    try:
+        limit = int(f["max_reroutes"]) if f.get("max_reroutes") else default
+    except ValueError:
+        limit = default
+    return limit, set(filter(None, (f.get("retry_on") or "").split(",")))
 
 
 def _poll_delay(run: Run, s: Settings) -> float:

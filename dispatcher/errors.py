@@ -68,6 +68,19 @@ class JobFailed(DispatcherError):
         self.job = job
 
 
+class RetryRefused(DispatcherError):
+    """``retry`` of a job that cannot be run again: ``reason`` says why (it succeeded and
+    was not forced, its payload is gone, it belongs to another queue)."""
+
+    def __init__(self, job_id: str, reason: str) -> None:
+        super().__init__(f"job {job_id} not retried: {reason}")
+        self.job_id = job_id
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.job_id, self.reason))
+
+
 class WebhookSignatureError(DispatcherError, ValueError):
     """A webhook that fails verification; the message names the header and the problem."""
 

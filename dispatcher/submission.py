@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from dispatcher.config import Settings
-from dispatcher.errors import InvalidJob
+from dispatcher.errors import InvalidJob, JobNotFound, RetryRefused
 from dispatcher.model import Envelope, Status
-from dispatcher.validation import check_job, check_job_id, check_webhook
+from dispatcher.validation import check_job, check_job_id, check_retry_policy, check_webhook
 
 # The arguments of submit(), as a batch item or a gateway body names them.
 SUBMIT_FIELDS = ("endpoint", "payload", "path", "cost", "max_wait", "timeout", "priority",
-                 "job_id", "webhook", "webhook_events", "stream")
+                 "job_id", "webhook", "webhook_events", "stream", "max_reroutes", "retry_on")
 REQUIRED_FIELDS = ("endpoint", "payload", "path")
 
 
@@ -46,6 +46,8 @@ def new_job(
     webhook: Any = None,
     webhook_events: Any = ("completed",),
     stream: Any = False,
+    max_reroutes: Any = None,
+    retry_on: Any = None,
 ) -> NewJob:
     """Check a submit's arguments; raises ``InvalidJob`` naming the bad field."""
     s = settings
@@ -58,6 +60,7 @@ def new_job(
     hook = None if webhook is None else check_webhook(s, webhook, webhook_events)
     if not isinstance(stream, bool):
         raise InvalidJob("stream", f"must be true or false, got {stream!r}")
+    reroutes, rerun_after = check_retry_policy(max_reroutes, retry_on)
     jid = uuid.uuid4().hex if job_id is None else check_job_id(job_id)
     fields: dict[str, Any] = {
         "id": jid,
@@ -75,6 +78,10 @@ def new_job(
         fields.update(webhook=hook[0], webhook_events=hook[1])
     if stream:
         fields["stream"] = 1
+    if reroutes is not None:
+        fields["max_reroutes"] = reroutes
+    if rerun_after:
+        fields["retry_on"] = rerun_after
     return NewJob(jid, fields, Envelope("dispatch", jid, 0, spec.priority, spec.endpoint))
 
 
@@ -117,3 +124,26 @@ def first_of_each(part: Sequence[NewJob], created: Sequence[bool]) -> list[Envel
     """The messages to publish: one per job this call created (a job_id repeated in the
     batch, or submitted before, is the same job: never a second run)."""
     return [j.envelope for j, new in zip(part, created, strict=True) if new]
+
+
+# Why ``retry`` did not queue a job, by the retry script's outcome (store/lua/retry.lua).
+RETRY_REFUSALS = {
+    "succeeded": "it succeeded (force it to run it again)",
+    "no_payload": "it succeeded and its payload was dropped at its end (a success keeps its "
+                  "result, not its payload): submit it again",
+    "other_queue": "it belongs to another queue (DISPATCHER_QUEUE)",
+    "unknown": "no such job: never submitted, or its result expired (DISPATCHER_RESULT_TTL)",
+}
+# retry's outcomes for a job that has not ended: nothing to do, it will run.
+NOT_ENDED = ("queued", "waiting", "running")
+
+
+def retry_answer(job_id: str, outcome: str) -> bool:
+    """What ``retry`` returns for an outcome: True queued, False not ended; or raises."""
+    if outcome == "ok":
+        return True
+    if outcome in NOT_ENDED:
+        return False
+    if outcome == "unknown":
+        raise JobNotFound(job_id)
+    raise RetryRefused(job_id, RETRY_REFUSALS.get(outcome, outcome))

@@ -127,6 +127,33 @@ def check_job(
     )
 
 
+# A job's own bound on re-routes (``max_reroutes``): each may run the job on a GPU again.
+MAX_JOB_REROUTES = 100
+# What a job may opt in to being re-run after (``retry_on``): ends where the GPU may have
+# done the work, so never re-run by default. Worker errors before any work (worker_failed:
+# 408, 429, 5xx, refused) are always re-routed.
+RETRY_ON = ("worker_timeout", "worker_stream_broken")
+
+
+def check_retry_policy(max_reroutes: Any, retry_on: Any) -> tuple[int | None, str]:
+    """The job's own re-route bound (None: DISPATCHER_MAX_REROUTES) and what it may be
+    re-run after, as stored (comma-separated)."""
+    if max_reroutes is not None and (isinstance(max_reroutes, bool)
+                                     or not isinstance(max_reroutes, int)
+                                     or not 0 <= max_reroutes <= MAX_JOB_REROUTES):
+        raise InvalidJob("max_reroutes", f"must be an integer from 0 to {MAX_JOB_REROUTES}, "
+                                         f"got {max_reroutes!r}")
+    if retry_on is None:
+        return max_reroutes, ""
+    if isinstance(retry_on, str) or not isinstance(retry_on, list | tuple):
+        raise InvalidJob("retry_on", f"must be a list of {list(RETRY_ON)}, got {retry_on!r}")
+    bad = [k for k in retry_on if k not in RETRY_ON]
+    if bad:
+        raise InvalidJob("retry_on", f"unknown error kind(s) {bad}; choose from "
+                                     f"{list(RETRY_ON)} (worker_failed is always re-routed)")
+    return max_reroutes, ",".join(dict.fromkeys(retry_on))
+
+
 # "started": the job got a GPU (opt-in; "completed" is any of the ends after it).
 WEBHOOK_EVENTS = ("completed", "succeeded", "failed", "expired", "cancelled", "started")
 

@@ -255,3 +255,15 @@ def test_a_forgotten_endpoint_takes_its_index_with_it(store: Store) -> None:
     assert store.redis.exists(JOB_INDEX("e", "failed"))
     assert store.forget_idle_endpoints(0) == ["e"]
     assert not store.redis.exists(JOB_INDEX("e", "failed"))
+
+
+def test_a_stream_is_reset_for_a_rerun_only_by_its_holder(store: Store) -> None:
+    new_job(store, "s", stream=1)
+    run(store, "s", token="t")
+    store.redis.xadd(keys.STREAM("s"), {"data": "piece of the broken run"})
+    assert not store.stream_reset("s", "someone-else")
+    assert store.stream_reset("s", "t") and not store.redis.exists(keys.STREAM("s"))
+    store.redis.xadd(keys.STREAM("s"), {"data": "p"})
+    store.finish("s", Status.CANCELLED, TTL, {"error": "no"})  # writes the stream's end
+    assert not store.stream_reset("s", "t")
+    assert store.redis.xlen(keys.STREAM("s")) == 2

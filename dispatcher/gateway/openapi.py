@@ -57,6 +57,13 @@ SCHEMAS: dict[str, Any] = {
             "stream": {"type": "boolean", "default": False,
                        "description": "keep the answer's pieces as they arrive (Redis "
                                       "stream dispatcher:stream:<id>)"},
+            "max_reroutes": {"type": "integer", "minimum": 0, "maximum": 100,
+                             "description": "this job's bound on re-routes (default "
+                                            "DISPATCHER_MAX_REROUTES)"},
+            "retry_on": {"type": "array", "items": {"enum": [
+                "worker_timeout", "worker_stream_broken"]},
+                "description": "re-run after these too (the GPU may have done the work: "
+                               "for idempotent jobs)"},
         },
     },
     "BatchRequest": {"type": "object", "required": ["jobs"], "additionalProperties": False,

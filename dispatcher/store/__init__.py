@@ -205,6 +205,7 @@ class Store:
         self._forget_endpoints = reg(source("forget_endpoints"))
         self._retry = reg(source("retry"))
         self._cancel_running = reg(source("cancel_running"))
+        self._stream_reset = reg(source("stream_reset"))
 
     # --- the job's transitions ---------------------------------------------------------
 
@@ -298,10 +299,11 @@ class Store:
                                       block=max(1, int(block * 1000))))
         return cast(list[tuple[str, dict[str, str]]], got[0][1] if got else [])
 
-    def stream_reset(self, job_id: str) -> None:
-        """Drop a streaming job's pieces before it is re-run (its reader then follows
-        the new run)."""
-        self.redis.delete(keys.STREAM(job_id))
+    def stream_reset(self, job_id: str, token: str) -> bool:
+        """Drop a streaming job's pieces before it is re-run (its readers then follow the
+        new run), if the run holding lease ``token`` still holds it."""
+        return bool(self._stream_reset(keys=[keys.JOB(job_id), keys.STREAM(job_id)],
+                                       args=[token]))
 
     def renew(self, leases: list[tuple[str, str]], lease: float) -> dict[str, str]:
         """Renew (job id, lease token) leases for ``lease`` seconds; returns the jobs

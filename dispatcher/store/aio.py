@@ -19,10 +19,13 @@ from dispatcher.store import (
     VIEW_FIELDS,
     WAIT_SLICE_MIN,
     Finish,
+    Rerun,
     create_call,
     finish_call,
     keys,
     parse_finish,
+    parse_retry,
+    retry_call,
     view_from,
 )
 from dispatcher.store.scripts import source
@@ -52,6 +55,7 @@ class AsyncStore:
         self.queue = queue
         self._create = client.register_script(source("create"))
         self._finish = client.register_script(source("finish"))
+        self._retry = client.register_script(source("retry"))
 
     async def create(self, job_id: str, fields: dict[str, Any], grace: float) -> bool:
         """False if the id exists: a repeated submit is the same job."""
@@ -77,6 +81,21 @@ class AsyncStore:
                      wake: int = 0, grace: float = 15.0) -> Finish:
         k, args = finish_call(self.queue, job_id, status, ttl, fields, wake, grace)
         return parse_finish(await self._finish(keys=k, args=args))
+
+    async def retry_many(self, job_ids: list[str], grace: float, force: bool = False
+                         ) -> list[Rerun]:
+        """``Store.retry_many``: each job queued again (retry.lua), in one round trip."""
+        calls = [retry_call(self.queue, job_id, grace, force) for job_id in job_ids]
+        p = self.redis.pipeline(transaction=False)
+        for k, args in calls:
+            p.evalsha(self._retry.sha, len(k), *k, *args)
+        raw = await p.execute(raise_on_error=False)
+        for i, r in enumerate(raw):
+            if isinstance(r, NoScriptError):  # Redis lost its scripts: that one did not run
+                raw[i] = await self._retry(keys=calls[i][0], args=calls[i][1])
+            elif isinstance(r, Exception):
+                raise r
+        return [parse_retry(job_id, r) for job_id, r in zip(job_ids, raw, strict=True)]
 
     async def view(self, job_id: str) -> Job:
         """The job as an app sees it, without reading its payload."""
