@@ -388,24 +388,39 @@ def cmd_retry(a: argparse.Namespace) -> int:
 
 
 def cmd_stats(a: argparse.Namespace) -> int:
-    stats = _client().stats()
+    client = _client()
+    stats = client.stats()
+    if a.endpoint:
+        stats["endpoints"] = {ep: s for ep, s in stats["endpoints"].items()
+                              if ep in a.endpoint}
     if a.json:
         _print_json(stats)
         return EXIT_OK
     _needs("ops", "rich")
     from rich.console import Console
 
-    from dispatcher.ops.top import stats_table
+    from dispatcher.ops.top import TOP_FAILURES, stats_view
+    from dispatcher.ops.views import failures_in, failures_reader
 
-    Console().print(stats_table(stats))
+    console = Console()
+    failures = failures_in(stats)
+    if failures is None:  # stats without last_failures: ask the job index, if any
+        names = list(stats["endpoints"])
+        got = failures_reader(client)(names, TOP_FAILURES)
+        failures = None if got is None else {ep: [f for f in got if f.endpoint == ep]
+                                             for ep in names}
+    console.print(stats_view(stats, console.size.width, failures=failures, only=a.endpoint))
     return EXIT_OK
 
 
 def cmd_top(a: argparse.Namespace) -> int:
     _needs("ops", "rich")
     from dispatcher.ops.top import run_top
+    from dispatcher.ops.views import failures_reader
 
-    return run_top(_client().stats, interval=a.interval, iterations=a.iterations)
+    client = _client()
+    return run_top(client.stats, interval=a.interval, iterations=a.iterations,
+                   failures_fn=failures_reader(client), only=a.endpoint)
 
 
 def cmd_metrics(a: argparse.Namespace) -> int:
@@ -488,6 +503,16 @@ def cmd_config(a: argparse.Namespace) -> int:
             value = "(set)" if value else "(not set)"
         print(f"{f.metadata['env']}={value}")
     return EXIT_OK
+
+
+def _positive(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {raw!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {raw!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -575,13 +600,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     s.set_defaults(func=cmd_retry)
 
-
-    s = sub.add_parser("stats", help="queue health per endpoint (a table, or --json)")
+    s = sub.add_parser("stats", help="queue health per endpoint (a block each, or --json)")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--endpoint", action="append", default=None, metavar="NAME",
+                   help="only this endpoint (repeat for more)")
     s.set_defaults(func=cmd_stats)
 
-    s = sub.add_parser("top", help="live queue health per endpoint")
-    s.add_argument("--interval", type=float, default=1.0)
+    s = sub.add_parser("top", help="live queue health per endpoint, the busiest first")
+    s.add_argument("--interval", type=_positive, default=1.0)
+    s.add_argument("--endpoint", action="append", default=None, metavar="NAME",
+                   help="only this endpoint (repeat for more)")
     s.add_argument("--iterations", type=int, default=None, help="stop after N refreshes")
     s.set_defaults(func=cmd_top)
 

@@ -1,84 +1,260 @@
-"""``dispatcher top`` and ``dispatcher stats``: queue health per endpoint as a rich table."""
+"""``dispatcher top`` and ``dispatcher stats``: queue health per endpoint, one block each.
+
+A block is label/value cells laid out in as many columns as the terminal holds (4 at 80
+columns, 8 from about 170), so no figure is ever squeezed out; ``top`` adds the last
+minute of pending jobs and of jobs done per second (from its own successive reads) and
+the newest failures, and shows the busiest endpoints that fit the screen.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
-from rich.table import Table
 from rich.text import Text
 
+from dispatcher.ops.views import (
+    NO_INDEX,
+    Failure,
+    FailuresFn,
+    History,
+    failures_in,
+    order,
+    rate,
+    route,
+    seconds,
+    sparkline,
+)
 
-def seconds(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value < 1:
-        return f"{value * 1000:.0f}ms"
-    if value < 60:
-        return f"{value:.1f}s"
-    if value < 3600:
-        return f"{int(value // 60)}m{int(value % 60):02d}s"
-    return f"{int(value // 3600)}h{int(value % 3600 // 60):02d}m"
+__all__ = ["seconds", "stats_view", "endpoint_block", "run_top", "failures_in"]
+
+Cell = tuple[str, str, str]  # label, value, style of the value
+INDENT = 2
+GAP = 3
+TOP_WINDOW = 60.0  # seconds of history in top's sparklines
+TOP_FAILURES = 3  # per endpoint
+SPARK_LABEL = 8
 
 
-def _route(s: dict[str, Any]) -> str:
-    text = f"{s['route_calls_per_s']:.1f}"
-    if s.get("route_rate") is not None:
-        text += f"/{s['route_rate']:g}"
-    if s.get("route_backoff_level"):
-        text += f" L{s['route_backoff_level']}"
-    return text
+def _count(s: Mapping[str, Any], field: str, alarm: bool = False) -> Cell:
+    n = int(s.get(field) or 0)
+    return (field, str(n), "bold red" if alarm and n else "bold")
 
 
-def stats_table(stats: dict[str, Any]) -> Table:
+def cells(s: Mapping[str, Any]) -> list[Cell]:
+    """The figures of one endpoint, in reading order: 4 rows of 4 at 80 columns."""
+    return [
+        _count(s, "queued"), _count(s, "waiting"), _count(s, "running"),
+        ("oldest wait", seconds(s.get("oldest_wait_s")), "bold"),
+        ("ok", str(int(s.get("succeeded") or 0)), "bold green"),
+        _count(s, "failed", alarm=True), _count(s, "expired", alarm=True),
+        _count(s, "cancelled"),
+        ("route/s", route(s), "bold"),
+        ("429s", str(int(s.get("route_429s") or 0)),
+         "bold red" if s.get("route_429s") else "bold"),
+        ("deferred", str(int(s.get("route_deferred") or 0)), "bold"),
+        ("route calls", str(int(s.get("route_calls") or 0)), "bold"),
+        ("wait p50", seconds(s.get("wait_p50_s")), "bold"),
+        ("wait p95", seconds(s.get("wait_p95_s")), "bold"),
+        ("run p50", seconds(s.get("run_p50_s")), "bold"),
+        ("run p95", seconds(s.get("run_p95_s")), "bold"),
+    ]
+
+
+def _widths(items: list[Cell], per_line: int) -> list[tuple[int, int]]:
+    """(label, value) widths of each column when ``per_line`` cells share a line."""
+    cols = [items[j::per_line] for j in range(per_line)]
+    return [(max(len(c[0]) for c in col), max(6, *(len(c[1]) for c in col))) for col in cols]
+
+
+def _grid(items: list[Cell], width: int) -> list[Text]:
+    per_line, widths = 1, _widths(items, 1)
+    for n in (16, 8, 4, 2):  # divisors of 16: every row full, columns aligned
+        w = _widths(items, n)
+        if INDENT + sum(lw + 1 + vw for lw, vw in w) + (n - 1) * GAP <= width:
+            per_line, widths = n, w
+            break
+    lines = []
+    for i in range(0, len(items), per_line):
+        line = Text(" " * INDENT, no_wrap=True)
+        for j, (label, value, style) in enumerate(items[i:i + per_line]):
+            label_w, value_w = widths[j]
+            if j:
+                line.append(" " * GAP)
+            line.append(label.ljust(label_w) + " ", style="dim")
+            line.append(value.rjust(value_w), style=style)
+        lines.append(line)
+    return lines
+
+
+def _header(ep: str, s: Mapping[str, Any], now: float, width: int) -> Text:
+    line = Text(ep, style="bold cyan", no_wrap=True, overflow="ellipsis")
+    status = s.get("last_route_status")
+    if status:
+        when = s.get("last_route_at")
+        ago = f" ({seconds(max(0.0, now - when))} ago)" if when else ""
+        line.append(f"  route: {status}{ago}", style="dim")
+    line.truncate(width, overflow="ellipsis")
+    return line
+
+
+def _history(points: list[Any], width: int) -> list[Text]:
+    """Pending jobs and jobs done/s, one sparkline each (side by side when wide)."""
+    series = [("pending", [p.pending for p in points],
+               str(points[-1].pending) if points else "-"),
+              ("done/s", [p.done_per_s for p in points],
+               rate(points[-1].done_per_s) if points else "-")]
+    value_w = max(6, *(len(v) for _, _, v in series))
+    fixed = SPARK_LABEL + 1 + 1 + value_w
+    both = (width - INDENT - GAP) // 2 - fixed  # spark width when side by side
+    if both >= 30:
+        spark_w, per_line = min(int(TOP_WINDOW), both), 2
+    else:
+        spark_w, per_line = max(0, min(int(TOP_WINDOW), width - INDENT - fixed)), 1
+    parts = []
+    for label, values, now in series:
+        t = Text()
+        t.append(label.ljust(SPARK_LABEL) + " ", style="dim")
+        t.append(sparkline(values, spark_w), style="magenta" if label == "pending" else "green")
+        t.append(" " + now.rjust(value_w), style="bold")
+        parts.append(t)
+    lines = []
+    for i in range(0, len(parts), per_line):
+        line = Text(" " * INDENT, no_wrap=True)
+        for j, part in enumerate(parts[i:i + per_line]):
+            if j:
+                line.append(" " * GAP)
+            line.append_text(part)
+        lines.append(line)
+    return lines
+
+
+FAILURES_LABEL = "last failures"
+
+
+def _failure_line(f: Failure, now: float, width: int, first: bool) -> Text:
+    line = Text(" " * INDENT, no_wrap=True, overflow="ellipsis")
+    line.append((FAILURES_LABEL if first else "").ljust(len(FAILURES_LABEL)) + "  ",
+                style="dim")
+    ago = seconds(max(0.0, now - f.finished_at)) if f.finished_at else "-"
+    line.append(ago.rjust(6) + "  ", style="dim")
+    line.append(f.id + "  ")
+    line.append(f.error_kind or f.status, style="bold red")
+    if f.error:
+        line.append("  " + " ".join(f.error.split()), style="dim")
+    line.truncate(width, overflow="ellipsis")
+    return line
+
+
+def endpoint_block(ep: str, s: Mapping[str, Any], width: int, now: float,
+                   points: list[Any] | None = None,
+                   failures: list[Failure] | None = None) -> list[Text]:
+    """One endpoint: a header line, its figures, then (top) its history and failures."""
+    lines = [_header(ep, s, now, width), *_grid(cells(s), width)]
+    if points is not None:
+        lines += _history(points, width)
+    for i, f in enumerate((failures or [])[:TOP_FAILURES]):
+        lines.append(_failure_line(f, now, width, first=i == 0))
+    return lines
+
+
+def _title(stats: Mapping[str, Any], shown: int, live: str = "") -> Text:
     when = datetime.fromtimestamp(stats["generated_at"]).strftime("%H:%M:%S")
-    t = Table(title=f"dispatcher queue {stats['queue']!r} at {when}", title_justify="left")
-    for name in ("endpoint", "queued", "waiting", "running", "oldest wait", "route/s",
-                 "429s", "ok", "failed", "cancelled", "wait p50/p95", "run p50/p95"):
-        t.add_column(name, justify="left" if name == "endpoint" else "right")
-    t.add_column("last route status", style="dim", max_width=40, no_wrap=True)
-    for ep, s in sorted(stats["endpoints"].items()):
-        t.add_row(
-            ep, str(s["queued"]), str(s["waiting"]), str(s["running"]),
-            seconds(s["oldest_wait_s"]), _route(s),
-            Text(str(s["route_429s"]), style="red" if s["route_429s"] else ""),
-            str(s["succeeded"]), str(s["failed"] + s["expired"]), str(s["cancelled"]),
-            f"{seconds(s['wait_p50_s'])}/{seconds(s['wait_p95_s'])}",
-            f"{seconds(s['run_p50_s'])}/{seconds(s['run_p95_s'])}",
-            s["last_route_status"] or "-",
-        )
-    if not stats["endpoints"]:
-        t.caption = "no jobs submitted yet"
-    hooks = stats.get("webhooks_queued") or 0
-    if hooks:
-        note = (f"{hooks} webhook deliveries not over yet (delivered by `dispatcher worker "
-                "--webhooks`)")
-        t.caption = f"{t.caption}; {note}" if t.caption else note
+    n = len(stats["endpoints"])
+    t = Text(no_wrap=True, overflow="ellipsis")
+    t.append("dispatcher", style="bold")
+    t.append(f"  queue {stats['queue']!r} at {when}  {n} endpoint{'s' * (n != 1)}")
+    if shown < n:
+        t.append(f" ({shown} busiest shown)", style="yellow")
+    if live:
+        t.append(f"  {live}", style="dim")
     return t
 
 
+def stats_view(stats: Mapping[str, Any], width: int, height: int | None = None, *,
+               history: History | None = None,
+               failures: Mapping[str, list[Failure]] | None = None,
+               only: list[str] | None = None, live: str = "",
+               notes: list[Text] | None = None) -> Group:
+    """Every endpoint's block, busiest first; with ``height``, the blocks that fit (the
+    first always) and a line naming how many were left out. ``failures``: the newest per
+    endpoint (default: those ``stats`` carries)."""
+    if failures is None:
+        failures = failures_in(stats)
+    eps: Mapping[str, Mapping[str, Any]] = stats["endpoints"]
+    names = [ep for ep in order(eps) if not only or ep in only]
+    now = float(stats["generated_at"])
+    footer = list(notes or [])
+    hooks = stats.get("webhooks_queued") or 0
+    if hooks:
+        footer.append(Text(f"{hooks} webhook deliveries not over yet (delivered by "
+                           "`dispatcher worker --webhooks`)", style="yellow"))
+    if failures is None and history is not None:
+        footer.append(Text(NO_INDEX, style="dim"))
+    if only and not names:
+        footer.append(Text(f"no jobs were ever submitted for {', '.join(only)}", style="dim"))
+    elif not eps:
+        footer.append(Text("no jobs submitted yet", style="dim"))
+    blocks = [endpoint_block(ep, eps[ep], width, now,
+                             history.points(ep) if history is not None else None,
+                             (failures or {}).get(ep)) for ep in names]
+    room = None if height is None else height - 1 - len(footer) - 1  # title, "more"
+    body: list[Text] = []
+    shown = 0
+    for block in blocks:
+        need = len(block) + (1 if body else 0)
+        if room is not None and shown and need > room - len(body):
+            break
+        if body:
+            body.append(Text())
+        body += block
+        shown += 1
+    if shown < len(blocks):
+        footer.insert(0, Text(f"+{len(blocks) - shown} more endpoint(s): a taller terminal, "
+                              "--endpoint NAME, or dispatcher stats", style="yellow"))
+    return Group(_title(stats, shown if names else len(eps), live), *body, *footer)
+
+
 def run_top(stats_fn: Callable[[], dict[str, Any]], interval: float = 1.0,
-            iterations: int | None = None, console: Console | None = None) -> int:
+            iterations: int | None = None, console: Console | None = None,
+            failures_fn: FailuresFn | None = None, only: list[str] | None = None) -> int:
     """Refresh until Ctrl-C (or ``iterations``); a Redis error is shown, never fatal."""
     console = console or Console()
-    last: Table | None = None
+    history = History(TOP_WINDOW + interval)
+    last: dict[str, Any] | None = None
+    fails: dict[str, list[Failure]] | None = None
 
     def view() -> Group:
-        nonlocal last
+        nonlocal last, fails
+        notes = []
         try:
-            last = stats_table(stats_fn())
-            return Group(last)
+            last = stats_fn()
+            history.add(last)
+            fails = failures_in(last)
+            if fails is None and failures_fn is not None:
+                names = [ep for ep in order(last["endpoints"]) if not only or ep in only]
+                got = failures_fn(names, TOP_FAILURES)
+                fails = None if got is None else {
+                    ep: [f for f in got if f.endpoint == ep] for ep in names}
         except Exception as e:
-            error = Text(f"stats unavailable: {type(e).__name__}: {e}", style="bold red")
-            return Group(*([last] if last else []), error)
+            notes.append(Text(f"stats unavailable: {type(e).__name__}: {e}",
+                              style="bold red"))
+        if last is None:
+            return Group(*notes)
+        width, height = console.size
+        # Piped: every endpoint; on a screen, the busiest that fit it.
+        return stats_view(last, width, height if console.is_terminal else None,
+                          history=history, failures=fails, only=only,
+                          live=f"every {interval:g}s, Ctrl-C quits", notes=notes)
 
     done = 0
     try:
-        with Live(view(), console=console, auto_refresh=False) as live:
+        with Live(view(), console=console, auto_refresh=False,
+                  vertical_overflow="crop") as live:
             done = 1
             while iterations is None or done < iterations:
                 time.sleep(interval)
@@ -87,3 +263,4 @@ def run_top(stats_fn: Callable[[], dict[str, Any]], interval: float = 1.0,
     except KeyboardInterrupt:
         pass
     return 0
+

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -58,8 +59,9 @@ def test_stats_json_top_and_metrics_agree(e2e_env, client: Client, vast: Emulato
 
     top = cli({**e2e_env, "COLUMNS": "250"}, "top", "--iterations", "2", "--interval", "0.1")
     assert top.returncode == 0, top.stderr
-    row = next(line for line in top.stdout.splitlines() if ep in line)
-    assert " 6 " in row and "no worker" in row
+    # One block per endpoint (dispatcher/ops/top.py): its header, then label/value cells.
+    block = top.stdout[top.stdout.rindex(ep):].split("\n\n")[0]
+    assert "no worker" in block and re.search(r"waiting +6\b", block), block
 
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "dispatcher", "metrics", "--host",
