@@ -267,3 +267,23 @@ def test_a_stream_is_reset_for_a_rerun_only_by_its_holder(store: Store) -> None:
     store.finish("s", Status.CANCELLED, TTL, {"error": "no"})  # writes the stream's end
     assert not store.stream_reset("s", "t")
     assert store.redis.xlen(keys.STREAM("s")) == 2
+
+
+def test_stats_carry_each_endpoints_newest_failures(clock: Clock) -> None:
+    from dispatcher.ops.stats import collect
+
+    store = make_store()
+    for n in range(5):
+        new_job(store, f"f{n}")
+        fail(store, f"f{n}", "worker_timeout" if n == 4 else "worker_failed")
+        clock.sleep(1)
+    new_job(store, "x")
+    store.finish("x", Status.EXPIRED, TTL, {"error": "no worker", "error_kind": "expired"})
+    new_job(store, "ok")
+    run(store, "ok")
+    store.finish("ok", Status.SUCCEEDED, TTL, {"result": "x"}, token="t")
+    got = collect(store)["endpoints"]["e"]["last_failures"]
+    assert [(f["id"], f["status"], f["error_kind"]) for f in got] == [
+        ("x", "expired", "expired"), ("f4", "failed", "worker_timeout"),
+        ("f3", "failed", "worker_failed")]
+    assert got[1]["error"] == "boom (worker_timeout)" and got[1]["finished_at"] < clock.t

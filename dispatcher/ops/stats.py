@@ -12,10 +12,11 @@ import math
 from typing import Any
 
 from dispatcher.config import Settings
-from dispatcher.model import ENDED, LIVE
+from dispatcher.model import ENDED, LIVE, Status
 from dispatcher.store import Store, connect
 
 RATE_WINDOW = 10  # seconds of route calls behind route_calls_per_s
+LAST_FAILURES = 3  # the newest failed or expired jobs shown per endpoint (job index)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -64,4 +65,13 @@ def _endpoint(store: Store, ep: str, now: float) -> dict[str, Any]:
         "wait_p95_s": percentile(h.waits, 0.95),
         "run_p50_s": percentile(h.runs, 0.5),
         "run_p95_s": percentile(h.runs, 0.95),
+        "last_failures": last_failures(store, ep),
     }
+
+
+def last_failures(store: Store, ep: str, n: int = LAST_FAILURES) -> list[dict[str, Any]]:
+    """The endpoint's newest failed or expired jobs, from the job index (two round
+    trips, no scan), for ``top`` and the dashboards."""
+    return [{"id": j.id, "endpoint": ep, "status": j.status, "error_kind": j.error_kind,
+             "error": (j.error or "")[:200] or None, "finished_at": j.finished_at}
+            for j in store.list_jobs([ep], [Status.FAILED, Status.EXPIRED], limit=n)]
