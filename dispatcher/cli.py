@@ -388,8 +388,7 @@ def cmd_retry(a: argparse.Namespace) -> int:
 
 
 def cmd_stats(a: argparse.Namespace) -> int:
-    client = _client()
-    stats = client.stats()
+    stats = _client().stats()
     if a.endpoint:
         stats["endpoints"] = {ep: s for ep, s in stats["endpoints"].items()
                               if ep in a.endpoint}
@@ -399,28 +398,19 @@ def cmd_stats(a: argparse.Namespace) -> int:
     _needs("ops", "rich")
     from rich.console import Console
 
-    from dispatcher.ops.top import TOP_FAILURES, stats_view
-    from dispatcher.ops.views import failures_in, failures_reader
+    from dispatcher.ops.top import stats_view
 
     console = Console()
-    failures = failures_in(stats)
-    if failures is None:  # stats without last_failures: ask the job index, if any
-        names = list(stats["endpoints"])
-        got = failures_reader(client)(names, TOP_FAILURES)
-        failures = None if got is None else {ep: [f for f in got if f.endpoint == ep]
-                                             for ep in names}
-    console.print(stats_view(stats, console.size.width, failures=failures, only=a.endpoint))
+    console.print(stats_view(stats, console.size.width, only=a.endpoint))
     return EXIT_OK
 
 
 def cmd_top(a: argparse.Namespace) -> int:
     _needs("ops", "rich")
     from dispatcher.ops.top import run_top
-    from dispatcher.ops.views import failures_reader
 
-    client = _client()
-    return run_top(client.stats, interval=a.interval, iterations=a.iterations,
-                   failures_fn=failures_reader(client), only=a.endpoint)
+    return run_top(_client().stats, interval=a.interval, iterations=a.iterations,
+                   only=a.endpoint)
 
 
 def cmd_metrics(a: argparse.Namespace) -> int:

@@ -1,9 +1,10 @@
 """``dispatcher top`` and ``dispatcher stats``: queue health per endpoint, one block each.
 
 A block is label/value cells laid out in as many columns as the terminal holds (4 at 80
-columns, 8 from about 170), so no figure is ever squeezed out; ``top`` adds the last
-minute of pending jobs and of jobs done per second (from its own successive reads) and
-the newest failures, and shows the busiest endpoints that fit the screen.
+columns, 8 from about 170), so no figure is ever squeezed out, with the newest failures
+(``stats()``' ``last_failures``); ``top`` adds the last minute of pending jobs and of jobs
+done per second (from its own successive reads), and shows the busiest endpoints that fit
+the screen.
 """
 
 from __future__ import annotations
@@ -18,9 +19,7 @@ from rich.live import Live
 from rich.text import Text
 
 from dispatcher.ops.views import (
-    NO_INDEX,
     Failure,
-    FailuresFn,
     History,
     failures_in,
     order,
@@ -193,8 +192,6 @@ def stats_view(stats: Mapping[str, Any], width: int, height: int | None = None, 
     if hooks:
         footer.append(Text(f"{hooks} webhook deliveries not over yet (delivered by "
                            "`dispatcher worker --webhooks`)", style="yellow"))
-    if failures is None and history is not None:
-        footer.append(Text(NO_INDEX, style="dim"))
     if only and not names:
         footer.append(Text(f"no jobs were ever submitted for {', '.join(only)}", style="dim"))
     elif not eps:
@@ -221,25 +218,18 @@ def stats_view(stats: Mapping[str, Any], width: int, height: int | None = None, 
 
 def run_top(stats_fn: Callable[[], dict[str, Any]], interval: float = 1.0,
             iterations: int | None = None, console: Console | None = None,
-            failures_fn: FailuresFn | None = None, only: list[str] | None = None) -> int:
+            only: list[str] | None = None) -> int:
     """Refresh until Ctrl-C (or ``iterations``); a Redis error is shown, never fatal."""
     console = console or Console()
     history = History(TOP_WINDOW + interval)
     last: dict[str, Any] | None = None
-    fails: dict[str, list[Failure]] | None = None
 
     def view() -> Group:
-        nonlocal last, fails
+        nonlocal last
         notes = []
         try:
             last = stats_fn()
             history.add(last)
-            fails = failures_in(last)
-            if fails is None and failures_fn is not None:
-                names = [ep for ep in order(last["endpoints"]) if not only or ep in only]
-                got = failures_fn(names, TOP_FAILURES)
-                fails = None if got is None else {
-                    ep: [f for f in got if f.endpoint == ep] for ep in names}
         except Exception as e:
             notes.append(Text(f"stats unavailable: {type(e).__name__}: {e}",
                               style="bold red"))
@@ -248,7 +238,7 @@ def run_top(stats_fn: Callable[[], dict[str, Any]], interval: float = 1.0,
         width, height = console.size
         # Piped: every endpoint; on a screen, the busiest that fit it.
         return stats_view(last, width, height if console.is_terminal else None,
-                          history=history, failures=fails, only=only,
+                          history=history, only=only,
                           live=f"every {interval:g}s, Ctrl-C quits", notes=notes)
 
     done = 0

@@ -4,13 +4,14 @@ failures.
 
 History is kept by whoever reads: ``dispatcher top`` in its own process (the last minute),
 the gateway for its dashboard (the last 15 minutes). Redis keeps no time series: rates
-come from the difference of the ended-job totals between two reads.
+come from the difference of the ended-job totals between two reads. Failures come from
+the job index (``stats()``' ``last_failures``, ``list_jobs``): no scan.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,18 +164,12 @@ class Failure:
                 "finished_at": self.finished_at}
 
 
-FailuresFn = Callable[[list[str], int], list[Failure] | None]
-
-# What a view says when the job index (issue 15: ``list_jobs``) is not there to read.
-NO_INDEX = "the newest failures need dispatcher.list_jobs (the job index)"
-
-
 def _field(item: Any, name: str) -> Any:
     return item.get(name) if isinstance(item, Mapping) else getattr(item, name, None)
 
 
 def failures_of(endpoint: str, jobs: Iterable[Any]) -> list[Failure]:
-    """Failures from what ``list_jobs`` answers (``Job`` views)."""
+    """Failures from ``last_failures`` entries or ``list_jobs``' ``Job`` views."""
     return [Failure(id=str(_field(j, "id")), endpoint=str(_field(j, "endpoint") or endpoint),
                     status=str(_field(j, "status") or "failed"),
                     error_kind=_field(j, "error_kind"), error=_field(j, "error"),
@@ -194,20 +189,3 @@ def failures_in(stats: Mapping[str, Any]) -> dict[str, list[Failure]] | None:
         return None
     return {ep: newest_first(failures_of(ep, s.get("last_failures") or []))
             for ep, s in eps.items()}
-
-
-def failures_reader(client: Any) -> FailuresFn:
-    """The newest failed or expired jobs of some endpoints, newest first, from the job
-    index by endpoint and status (``client.list_jobs``: no scan of Redis); the reader
-    answers None when the client has no index to read."""
-    list_jobs = getattr(client, "list_jobs", None)
-
-    def read(endpoints: list[str], limit: int) -> list[Failure] | None:
-        if list_jobs is None:
-            return None
-        found: list[Failure] = []
-        for ep in endpoints:
-            found += failures_of(ep, list_jobs(ep, list(FAILED_STATUSES), limit=limit))
-        return newest_first(found)
-
-    return read

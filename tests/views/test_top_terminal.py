@@ -156,10 +156,11 @@ def test_top_in_a_real_terminal(e2e_env: dict[str, str], client: Client,
         # The history: pending jobs now, and no job done in the last reads.
         assert re.search(rf"pending +[▁▂▃▄▅▆▇█ ]+ {PENDING}\b", screen), screen
         assert re.search(r"done/s +[▁▂▃▄▅▆▇█ ]+ 0\.0\b", screen), screen
-        if "last_failures" in s:  # the job index (issue 15) in this version's stats
-            bad = scene["bad"]
-            failure = next(line for line in block if bad.id in line)
-            assert bad.error_kind and bad.error_kind in failure, screen
+        # The newest failure, from the job index (stats' last_failures): id and kind.
+        bad = scene["bad"]
+        assert s["last_failures"][0]["id"] == bad.id
+        failure = next(line for line in block if bad.id in line)
+        assert FAILURES_LABEL in failure and bad.error_kind and bad.error_kind in failure, screen
         if cols >= 200:  # eight cells a line: a whole block in two lines of figures
             row = next(line for line in block if "queued" in line)
             assert "oldest wait" in row and "cancelled" in row, screen
