@@ -207,7 +207,8 @@ class Client:
     def cancel(self, job_id: str) -> bool:
         """Cancel a job that has not ended. True if this call cancelled it.
 
-        A job already on a GPU may still run there; its result is then dropped.
+        A job on a GPU has its call cut within about a second by the worker process that
+        holds it (its lease is gone), and its error says so.
         """
         return bool(self.cancel_many([job_id]))
 

@@ -248,6 +248,20 @@ def test_an_opted_in_job_keeps_to_its_own_bound(client: Client, vast: Emulator) 
     assert job.reroutes == 2 and executions(vast, p) == 2  # its bound, not the global 3
 
 
+def test_an_opted_in_broken_stream_is_rerun_from_its_first_piece(
+        client: Client, vast: Emulator) -> None:
+    ep = add_endpoint(vast)
+    p = payload(stream={"pieces": 6, "interval": 0.02, "format": "ndjson", "drop_after": 2})
+    job_id = client.submit(ep, p, path="/generate", stream=True, timeout=30, max_reroutes=1,
+                           retry_on=["worker_stream_broken"])
+    job = client.wait(job_id, timeout=60)
+    assert job.status == "failed" and job.error_kind == "worker_stream_broken"
+    assert job.reroutes == 2 and executions(vast, p) == 2
+    # The re-run's pieces only, not the broken run's then the re-run's: 2, and the end.
+    entries = client.store.redis.xrange(keys.STREAM(job_id))
+    assert [sorted(fields) for _, fields in entries] == [["data"], ["data"], ["end"]]
+
+
 # --- 4. finding jobs ----------------------------------------------------------------
 
 
