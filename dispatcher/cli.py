@@ -475,7 +475,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
     _needs("demo", "rich", "aiohttp")
     from dispatcher.dev.demo import run_demo
 
-    return run_demo(jobs=a.jobs, cold_start=a.cold_start, concurrency=a.concurrency)
+    return run_demo(jobs=a.jobs, cold_start=a.cold_start, concurrency=a.concurrency,
+                    dashboard=a.dashboard, port=a.port)
 
 
 def cmd_config(a: argparse.Namespace) -> int:
@@ -638,10 +639,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("emulator", help="run the local Vast Serverless emulator (--help for options)",
                    add_help=False)
 
-    s = sub.add_parser("demo", help="run 200 jobs end to end on an embedded Redis and emulator")
+    s = sub.add_parser("demo", help="run 200 jobs end to end on an embedded Redis and emulator, "
+                                    "with the live dashboard")
     s.add_argument("--jobs", type=int, default=200)
     s.add_argument("--cold-start", type=float, default=5.0)
     s.add_argument("--concurrency", type=int, default=64)
+    s.add_argument("--dashboard", action="store_true",
+                   help="open the live dashboard in a browser (and keep it up after the "
+                        "summary, until Ctrl-C)")
+    s.add_argument("--port", type=int, default=0,
+                   help="the dashboard's port on 127.0.0.1 (default: a free one)")
     s.set_defaults(func=cmd_demo)
     return p
 

@@ -1,7 +1,12 @@
 """``dispatcher demo``: the whole system on one machine in under a minute.
 
 An embedded redis-server, the Vast emulator with an endpoint that cold-starts,
-and one worker process; 200 jobs submitted, watched, and summarised.
+one worker process and the gateway with its live dashboard; 200 jobs submitted,
+watched, and summarised.
+
+The gateway listens on loopback with ``--no-auth``: the demo's Redis has no password
+and listens on loopback too, so a token would protect nothing that is not already open
+to this machine's users, and the address printed can be clicked as it is.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from dispatcher.config import Settings
-from dispatcher.dev.procs import EmulatorProcess, wait_for_worker, worker_process
+from dispatcher.dev.procs import EmulatorProcess, GatewayProcess, wait_for_worker, worker_process
 from dispatcher.dev.redis_server import RedisServer
 from dispatcher.model import TERMINAL
 from dispatcher.store.keys import job_key
@@ -52,22 +57,41 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def run_demo(jobs: int = 200, cold_start: float = 5.0, concurrency: int = 64) -> int:
+def run_demo(jobs: int = 200, cold_start: float = 5.0, concurrency: int = 64,
+             dashboard: bool = False, port: int = 0) -> int:
+    """``dashboard``: open the dashboard in a browser, and keep it up after the summary
+    until Ctrl-C."""
     console = Console()
     # Ctrl-C and SIGTERM both unwind the ExitStack, which stops every child.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        return _run(console, jobs, cold_start, concurrency)
+        return _run(console, jobs, cold_start, concurrency, dashboard, port)
     except KeyboardInterrupt:
         console.print("[yellow]Interrupted[/]: stopped the worker, the emulator and Redis.")
         return 130
 
 
-def _run(console: Console, jobs: int, cold_start: float, concurrency: int) -> int:
+def start_dashboard(env: dict[str, str], port: int = 0) -> GatewayProcess:
+    """The gateway on loopback, its dashboard already sampling (one request starts it),
+    so a page opened later still shows the cold start from its first second."""
+    import requests
+
+    gateway = GatewayProcess(env, token=None, port=port).start()
+    try:
+        requests.get(gateway.url + "/dashboard/data", timeout=10).raise_for_status()
+    except BaseException:
+        gateway.stop()
+        raise
+    return gateway
+
+
+def _run(console: Console, jobs: int, cold_start: float, concurrency: int,
+         dashboard: bool = False, port: int = 0) -> int:
     from dispatcher.client import Client
 
     with ExitStack() as stack:
-        console.print("[bold]Starting[/] redis-server, the Vast emulator and a worker...")
+        console.print("[bold]Starting[/] redis-server, the Vast emulator, a worker and the "
+                      "gateway...")
         redis_server = stack.enter_context(RedisServer())
         emulator = stack.enter_context(EmulatorProcess(demo_config(cold_start)))
         env = {
@@ -77,10 +101,21 @@ def _run(console: Console, jobs: int, cold_start: float, concurrency: int) -> in
             "DISPATCHER_CONCURRENCY": str(concurrency),
         }
         worker = stack.enter_context(worker_process(env, concurrency=concurrency))
+        gateway = start_dashboard(env, port)
+        stack.callback(gateway.stop)
         wait_for_worker(redis_server.url, worker)
-        console.print(f"  redis   {redis_server.url}\n  emulator {emulator.route_url}"
+        url = gateway.url + "/"
+        console.print(f"  redis    {redis_server.url}\n  emulator {emulator.route_url}"
                       f"  (endpoint {ENDPOINT!r}: scaled to zero, cold start {cold_start:g}s)\n"
-                      f"  worker  pid {worker.pid}, {concurrency} threads")
+                      f"  worker   pid {worker.pid}, {concurrency} threads\n"
+                      f"  gateway  {gateway.url} (loopback, no auth)")
+        console.print(f"[bold]Dashboard[/]: [link={url}]{url}[/link]"
+                      + ("" if dashboard else "  (dispatcher demo --dashboard opens it)"))
+        if dashboard:
+            import webbrowser
+
+            if not webbrowser.open(url):
+                console.print("  (no browser found here: open the address above)")
 
         client = Client(Settings(redis_url=redis_server.url))
         stack.callback(client.close)
@@ -94,6 +129,13 @@ def _run(console: Console, jobs: int, cold_start: float, concurrency: int) -> in
         records = watch(client, ids, console)
         summarise(console, records, time.time() - started, emulator.stats())
         bad = sum(1 for r in records if r.get("status") != "succeeded")
+        if dashboard:
+            console.print(f"The dashboard stays up at {url}: Ctrl-C stops everything.")
+            try:
+                while gateway.alive():
+                    time.sleep(0.5)
+            except KeyboardInterrupt:
+                console.print("Stopped the gateway, the worker, the emulator and Redis.")
         return 0 if bad == 0 else 1
 
 

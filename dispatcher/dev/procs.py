@@ -147,5 +147,33 @@ class EmulatorProcess(Child):
         requests.post(self.url + "/_emulator/config", json=patch, timeout=10).raise_for_status()
 
 
+class GatewayProcess(Child):
+    """``dispatcher gateway`` in a child process, on loopback; the URL is read from its
+    first line. ``token`` None: ``--no-auth``."""
+
+    def __init__(self, env: Mapping[str, str], token: str | None = None, port: int = 0,
+                 host: str = "127.0.0.1") -> None:
+        args = [sys.executable, "-m", "dispatcher", "gateway", "--host", host,
+                "--port", str(port)]
+        extra = {"DISPATCHER_GATEWAY_TOKEN": token} if token else {}
+        if token is None:
+            args.append("--no-auth")
+        super().__init__("gateway", args, {**os.environ, **env, **extra})
+        self.url = ""
+
+    def start(self, timeout: float = 30.0) -> Self:
+        super().start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.log_text().splitlines():
+                if line.startswith("dispatcher gateway on "):
+                    self.url = line.split()[3]
+                    return self
+            if not self.alive():
+                raise RuntimeError(f"gateway exited early:\n{self.log_text()[-3000:]}")
+            time.sleep(0.05)
+        raise TimeoutError("gateway did not print its URL")
+
+
 def flush(redis_url: str) -> None:
     redis.Redis.from_url(redis_url).flushdb()

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from dispatcher.aio import AsyncClient
 from dispatcher.errors import InvalidJob, JobNotFound, WaitTimeout
+from dispatcher.gateway import dashboard
 from dispatcher.gateway.openapi import document
 from dispatcher.model import Job
 from dispatcher.submission import job_from_mapping, new_jobs
@@ -51,14 +52,15 @@ def job_view(job: Job) -> dict[str, Any]:
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bearer auth (constant-time), and every failure as a JSON answer."""
     token = request.app[TOKEN]
-    if token is not None and request.path not in OPEN_PATHS:
+    if token is not None and request.path not in OPEN_PATHS | dashboard.OPEN_PATHS:
         given = request.headers.get("Authorization", "")
         scheme, _, value = given.partition(" ")
         ok = scheme.lower() == "bearer" and hmac.compare_digest(
             value.strip().encode("utf-8", "replace"), token.encode())
-        if not ok:
-            return error(401, "missing or wrong bearer token (Authorization: Bearer <token>)",
-                         headers={"WWW-Authenticate": 'Bearer realm="dispatcher"'})
+        if not ok and not dashboard.session_ok(request, token):  # a browser's, reads only
+            return dashboard.to_login(request) or error(
+                401, "missing or wrong bearer token (Authorization: Bearer <token>)",
+                headers={"WWW-Authenticate": 'Bearer realm="dispatcher"'})
     try:
         return await handler(request)
     except InvalidJob as e:
@@ -209,7 +211,8 @@ def make_app(client: AsyncClient, token: str | None) -> web.Application:
     r.add_get("/v1/stats", stats, allow_head=False)
     r.add_get("/healthz", healthz, allow_head=False)
     r.add_get("/openapi.json", openapi, allow_head=False)
-    # GET / is the dashboard's (issue 17), behind the same token.
+    # GET / is the live dashboard, its data and its login form (dashboard.py).
+    dashboard.add_routes(app, client, token)
 
     async def close_client(app: web.Application) -> None:
         await app[CLIENT].aclose()
