@@ -261,6 +261,10 @@ def _cold_start(gateway: str, client: Client, vast: Emulator, chrome: browser.Br
     assert [c["name"] for c in chrome.cookies()] == [COOKIE]
     assert chrome.until(
         "return document.getElementById('conn').dataset.state === 'live'") is True
+    # Works offline: everything the page loaded came from the gateway itself.
+    loaded = chrome.run("return performance.getEntriesByType('resource').map((e) => e.name)"
+                        ".concat([location.href])")
+    assert loaded and all(u.startswith(gateway + "/") for u in loaded), loaded
     # A few samples of the cold start on the chart (the page draws what it polled).
     deadline = time.monotonic() + 60
     while len([p for p in _history(gateway, cold) if p[1] == COLD_JOBS]) < PLATEAU:

@@ -168,3 +168,19 @@ def test_top_in_a_real_terminal(e2e_env: dict[str, str], client: Client,
             assert "done/s" in spark, screen
     finally:
         tmux.close()
+
+
+def test_stats_at_80_columns(e2e_env: dict[str, str], client: Client,
+                             scene: dict[str, Any]) -> None:
+    """`dispatcher stats` piped, as a script or a narrow terminal gets it: the same block."""
+    r = subprocess.run([sys.executable, "-m", "dispatcher", "stats"], capture_output=True,
+                       text=True, env={**os.environ, **e2e_env, "COLUMNS": "80"}, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), r.stdout
+    got = figures(block_of(r.stdout, scene["ep"]))
+    assert set(got) == set(LABELS), r.stdout
+    s = client.stats()["endpoints"][scene["ep"]]
+    assert (got["ok"], got["failed"], got["wait p50"]) == (
+        str(s["succeeded"]), str(s["failed"]), seconds(s["wait_p50_s"]))
+    assert scene["bad"].id in r.stdout and FAILURES_LABEL in r.stdout
