@@ -212,7 +212,7 @@ def make_app(client: AsyncClient, token: str | None) -> web.Application:
     r.add_get("/healthz", healthz, allow_head=False)
     r.add_get("/openapi.json", openapi, allow_head=False)
     # GET / is the live dashboard, its data and its login form (dashboard.py).
-    dashboard.add_routes(app, client, token)
+    dashboard.add_routes(app, client.settings, token)
 
     async def close_client(app: web.Application) -> None:
         await app[CLIENT].aclose()

@@ -26,13 +26,18 @@ import hmac
 import html
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from importlib.resources import files
 from typing import Any
 
 from aiohttp import web
 
-from dispatcher.aio import AsyncClient
+from dispatcher.config import Settings
+from dispatcher.model import Job, Status
+from dispatcher.ops.jobs import find_jobs
+from dispatcher.ops.stats import collect, reader
 from dispatcher.ops.views import POINT_FIELDS, History, failures_of, newest_first, order
+from dispatcher.store import Store
 
 log = logging.getLogger("dispatcher.gateway")
 
@@ -90,11 +95,15 @@ def to_login(request: web.Request) -> web.Response | None:
 
 
 class Sampler:
-    """stats() every ``interval`` while the dashboard is watched, and its history."""
+    """stats() every ``interval`` while the dashboard is watched, and its history.
 
-    def __init__(self, client: AsyncClient, interval: float = SAMPLE_S,
+    It reads through a store of its own that fails fast (``ops.stats.reader``: one retry,
+    2 s timeouts), in a thread of its own: with Redis away the page says so at once, and
+    the gateway still stops at once, instead of waiting out a job store's retries."""
+
+    def __init__(self, settings: Settings, interval: float = SAMPLE_S,
                  window: float = WINDOW_S) -> None:
-        self.client = client
+        self.settings = settings
         self.interval = interval
         self.window = window
         self.history = History(window)
@@ -105,6 +114,14 @@ class Sampler:
         self._watched_at = 0.0
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._store: Store | None = None
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="dispatcher-dashboard")
+
+    def _read(self) -> tuple[dict[str, Any], list[Job]]:
+        if self._store is None:
+            self._store = reader(self.settings)
+        return collect(self._store), find_jobs(
+            self._store, None, [Status.FAILED, Status.EXPIRED], limit=FAILURES_SHOWN)
 
     async def sample(self, older_than: float = 0.0) -> None:
         """Read stats() and the newest failures, unless a sample is younger than
@@ -113,13 +130,16 @@ class Sampler:
             if self.latest is not None and time.monotonic() - self._sampled_at < older_than:
                 return
             try:
-                stats = await self.client.stats()
-                jobs = await self.client.list_jobs(None, ["failed", "expired"],
-                                                   limit=FAILURES_SHOWN)
+                stats, jobs = await asyncio.get_running_loop().run_in_executor(
+                    self._thread, self._read)
             except Exception as e:  # Redis away: the page says so and keeps its figures
-                self.error = f"stats unavailable: {type(e).__name__}"
-                log.warning("dashboard: %s: %s", self.error, e)
+                error = f"stats unavailable: {type(e).__name__}"
+                if error != self.error:  # once, not at every sample
+                    log.warning("dashboard: %s: %s", error, e)
+                self.error = error
                 return
+            if self.error:
+                log.warning("dashboard: stats readable again")
             self.history.add(stats)
             self.latest = stats
             self.failures = [f.as_dict() | {"error": (f.error or "")[:300] or None}
@@ -152,9 +172,12 @@ class Sampler:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        self._thread.shutdown(wait=False, cancel_futures=True)
+        if self._store is not None:
+            self._store.redis.close()
 
     def snapshot(self, since: float | None) -> dict[str, Any]:
-        stats = self.latest or {"queue": self.client.settings.queue, "generated_at": None,
+        stats = self.latest or {"queue": self.settings.queue, "generated_at": None,
                                 "endpoints": {}, "webhooks_queued": 0}
         eps = {ep: {k: v for k, v in s.items() if k != "last_failures"}
                for ep, s in stats["endpoints"].items()}
@@ -236,9 +259,9 @@ async def logout(request: web.Request) -> web.Response:
     return resp
 
 
-def add_routes(app: web.Application, client: AsyncClient, token: str | None,
+def add_routes(app: web.Application, settings: Settings, token: str | None,
                interval: float = SAMPLE_S) -> None:
-    sampler = Sampler(client, interval)
+    sampler = Sampler(settings, interval)
     app[SAMPLER] = sampler
     app[TOKEN] = token
     r = app.router

@@ -34,6 +34,17 @@ def demo(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], Path]:
     return proc, opened
 
 
+def stop(proc: subprocess.Popen[str]) -> None:
+    """A demo left running by a failure: SIGTERM (it stops its children), then SIGKILL."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
 def read_until(proc: subprocess.Popen[str], pattern: str, timeout: float = 90) -> str:
     assert proc.stdout is not None
     seen = ""
@@ -62,9 +73,7 @@ def test_demo_prints_the_dashboard_address_and_serves_it(tmp_path: Path) -> None
         with pytest.raises(requests.ConnectionError):
             requests.get(url, timeout=5)  # stopped with the demo
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        stop(proc)
 
 
 def test_demo_dashboard_opens_the_page_and_stays_up(tmp_path: Path) -> None:
@@ -95,6 +104,4 @@ def test_demo_dashboard_opens_the_page_and_stays_up(tmp_path: Path) -> None:
         with pytest.raises(requests.ConnectionError):
             requests.get(url, timeout=5)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        stop(proc)
