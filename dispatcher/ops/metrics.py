@@ -32,6 +32,8 @@ GAUGES = {  # stats field -> (metric, help)
 COUNTERS = {
     "route_calls": ("dispatcher_route_calls", "Route calls made by the fleet"),
     "route_429s": ("dispatcher_route_429", "429 answers from the route API"),
+    "route_noise_holds": ("dispatcher_route_noise_holds",
+                          "Cuts of a learned route rate given back: their 429s were noise"),
 }
 
 

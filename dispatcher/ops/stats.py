@@ -58,6 +58,7 @@ def _endpoint(store: Store, ep: str, now: float) -> dict[str, Any]:
         "route_calls": int(gate.get("calls", 0)),
         "route_calls_per_s": sum(h.calls) / RATE_WINDOW,
         "route_429s": int(gate.get("r429", 0)),
+        "route_noise_holds": int(gate.get("noise_holds", 0)),
         "route_deferred": int(gate.get("deferred_calls", 0)),
         "route_rate": rate if rate > 0 else None,
         "route_backoff_level": level,
