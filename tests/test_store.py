@@ -31,6 +31,23 @@ def test_create_is_idempotent_and_enters_safety_net(store: Store) -> None:
     assert score == pytest.approx(job.created_at + 60, abs=1)
 
 
+def test_an_id_is_an_idempotency_key_until_its_result_expires(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 11 item 17: what the README promises, bounded by DISPATCHER_RESULT_TTL."""
+    t = [1_800_000_000.25]
+    monkeypatch.setattr("time.time", lambda: t[0])  # fakeredis expires keys by it
+    store = Store(fakeredis.FakeRedis(decode_responses=True), "q")
+    new_job(store)
+    assert store.finish("j1", Status.SUCCEEDED, 100, {"result": "r"}).outcome == "ok"
+    t[0] += 99
+    assert not store.create("j1", {"status": "queued", "endpoint": "e"}, 60)  # still the same
+    assert store.get("j1").result == "r"
+    t[0] += 2  # past the result TTL: the id names nothing, and a submit with it is new
+    assert store.get("j1").status == "unknown"
+    new_job(store)
+    assert store.get("j1").status == "queued"
+
+
 def test_unknown_job(store: Store) -> None:
     job = store.get("nope")
     assert job.status == "unknown" and not job.known
