@@ -459,6 +459,35 @@ def test_a_limit_is_not_taken_for_noise_and_a_learned_rate_keeps_a_floor(clock: 
     assert float(gate["learned"]) >= first / 2 * 0.99  # the floor
 
 
+def test_a_limit_whose_burst_inflated_the_first_figure_is_not_taken_for_noise(
+        clock: Clock) -> None:
+    """A token bucket (8/s, burst 8) refusing a storm: the figure read at the cut holds the
+    burst, so at the learned rate Vast lets through fewer, as noise would; but a limit's
+    share of 429s falls as the fleet slows, noise's does not: no hold, and never the
+    storm a given-back cut would start again (CI caught this at 49 calls/s, 86% 429s)."""
+    store = make_store(rate=0.0, recover=2.0, pause_base=0.01, pause_cap=0.01)
+    bucket = {"tokens": 8.0, "at": clock.t}
+
+    def refused(_: int) -> bool:
+        b = bucket
+        b["tokens"] = min(8.0, b["tokens"] + 8.0 * (clock.t - b["at"]))
+        b["at"] = clock.t
+        if b["tokens"] >= 1:
+            b["tokens"] -= 1
+            return False
+        return True
+
+    assert max(_calls(store, clock, 300, 200.0, refused)) >= 1  # the storm is cut
+    learned = float(store.redis.hget(GATE("e"), "learned"))
+    assert learned > 8  # the burst is in it
+    _calls(store, clock, int(learned), learned / 2, refused)  # level 1 for 2 s: no 429s
+    _calls(store, clock, int(3 * learned), learned, refused)  # level 0: the learned rate
+    gate = store.redis.hgetall(GATE("e"))
+    assert "noise_holds" not in gate
+    level, rate = store.gate_state("e")
+    assert 0 < rate <= 16  # still limited near Vast's 8/s
+
+
 def test_idle_endpoints_are_forgotten_once_no_job_is_live() -> None:
     """Issue 11 item 8: an endpoint's keys stayed in Redis forever."""
     store = make_store()

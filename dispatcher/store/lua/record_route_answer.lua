@@ -15,11 +15,13 @@
 -- have:
 -- * a window of fewer than MIN_SAMPLE calls, or of calls in this second only, teaches
 --   nothing: its 429s are delays (a rate read off a part-second is too rough to keep);
--- * a limit lets about as many calls through however many we make, noise lets through a
---   share of them: when, after a cut, the fleet calls far less (3/5 or under) and Vast
---   still refuses a real share but lets through clearly fewer (3/4 or under) than at
---   the cut, the 429s are noise: the cut is given back and for NOISE_HOLD recover
---   periods 429s are only delays;
+-- * a limit lets about as many calls through however many we make, so its share of 429s
+--   falls as the fleet slows; noise refuses the same share of whatever we send: when,
+--   after a cut, the fleet calls far less (3/5 or under), Vast lets through clearly
+--   fewer (3/4 or under) and still refuses about the share it refused at the cut (3/4
+--   of it or more), the 429s are noise: the cut is given back and for NOISE_HOLD
+--   recover periods 429s are only delays. (Without the share test, a limit whose burst
+--   inflated the figure read at the cut looked like noise, and the fleet stormed.)
 -- * a learned rate never falls below half the most Vast let through lately
 --   (BEST_HALF_LIFE seconds of memory), which a limit never reaches.
 local MIN_SAMPLE = 10
@@ -49,7 +51,7 @@ if limited * 5 < calls or (learning and (calls < MIN_SAMPLE or span < 1)) then
   return 0
 end
 local g = redis.call('HMGET', KEYS[1], 'cut_at', 'best', 'best_at', 'noisy_until',
-  'cut_calls', 'cut_accepted', 'learned_before')
+  'cut_calls', 'cut_accepted', 'learned_before', 'cut_share')
 local cut = tonumber(g[1] or '0')
 if t - cut < 1 or tonumber(g[4] or '0') > t then
   return 0
@@ -58,9 +60,10 @@ local recover = math.max(1, tonumber(ARGV[3]))
 local before = gate_state(KEYS[1], t, tonumber(ARGV[7]), tonumber(ARGV[3]))
 local calls_s = calls / math.max(0.25, span)
 local accepted = math.max(1, (calls - limited) / math.max(0.25, span))
+local share = limited / calls
 if learning then
   if g[6] and t - cut < 3 * recover and calls_s <= 0.6 * tonumber(g[5])
-      and accepted <= 0.75 * tonumber(g[6]) then
+      and accepted <= 0.75 * tonumber(g[6]) and share >= 0.75 * tonumber(g[8] or '1') then
     redis.call('HSET', KEYS[1], 'noisy_until', fmt(t + NOISE_HOLD * recover),
       'level', math.max(0, before - 1), 'paused_until', fmt(t), 'learned', g[7] or '0')
     redis.call('HDEL', KEYS[1], 'cut_accepted')
@@ -81,7 +84,8 @@ if learning then
       'learned_before', learned or '0')
     before = 0
   end
-  redis.call('HSET', KEYS[1], 'cut_calls', fmt(calls_s), 'cut_accepted', fmt(accepted))
+  redis.call('HSET', KEYS[1], 'cut_calls', fmt(calls_s), 'cut_accepted', fmt(accepted),
+    'cut_share', fmt(share))
 end
 local level = math.min(before + 1, 8)
 local pause = math.min(tonumber(ARGV[5]), tonumber(ARGV[4]) * 2 ^ (level - 1))
