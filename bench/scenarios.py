@@ -1,9 +1,13 @@
-"""The five scenarios. Each starts what it needs through the harness and returns a Result."""
+"""The five scenarios (scenario 1 with its Vast-client peer). Each starts what it needs
+through the harness and returns a Result."""
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -16,6 +20,8 @@ import redis
 
 from bench.ceiling import NOOP_TASK, make_app
 from bench.harness import (
+    API_KEY,
+    REPO,
     CpuMeter,
     Harness,
     RssSampler,
@@ -204,6 +210,40 @@ def _ceiling_passes(h: Harness, n: int, repeats: int, concurrency: int,
                             timeout=max(120, n / 10)) for k in range(repeats)]
 
 
+def _vast_client_passes(h: Harness, n: int, repeats: int, in_flight: int = 32) -> list[Pass]:
+    """Vast's official client (``bench/vast_peer.py``), one asyncio process per pass, on
+    the same emulator endpoint as the dispatcher's passes; no Redis in its path."""
+    ep = "instant"
+    passes = []
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    with h.emulator({ep: _endpoint()}) as emu:
+        for k in range(repeats):
+            h.console.print(f"Vast's client {k + 1}/{repeats}: {n} requests, "
+                            f"{in_flight} in flight")
+            args = [sys.executable, "-m", "bench.vast_peer", "--url", emu.url, "--key", API_KEY,
+                    "--endpoint", ep, "--jobs", str(n), "--in-flight", str(in_flight)]
+            with subprocess.Popen(args, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  text=True) as proc:
+                assert proc.stdin is not None and proc.stdout is not None
+                try:
+                    if proc.stdout.readline().strip() != "ready":
+                        raise AssertionError("Vast's client did not finish its warm-up")
+                    with CpuMeter({"vast client": proc.pid, "emulator": emu.pid}) as cpu:
+                        proc.stdin.write("go\n")
+                        proc.stdin.flush()
+                        out = json.loads(proc.stdout.readline())
+                finally:
+                    proc.kill()
+            if out["ok"] != n:
+                raise AssertionError(f"Vast's client: {n - out['ok']} of {n} requests failed")
+            used = {k_: round(1000 * v / n, 3) for k_, v in cpu.used.items()}
+            passes.append(Pass(n, out["seconds"], out["seconds"], used))
+        if emu.stats().get("duplicate_executions", 0):
+            raise AssertionError("duplicate executions at the emulator")
+    return passes
+
+
 # --- 1. throughput --------------------------------------------------------------------
 
 
@@ -214,6 +254,8 @@ def throughput(h: Harness, cfg: Config) -> Result:
     twin = _ceiling_passes(h, n, reps, conc, dispatcher_conf=True)
     prof_path = cfg.results_dir / "profile-throughput.raw.txt" if cfg.profile else None
     disp, profile = _dispatcher_passes(h, 1, n, reps, conc, "dispatcher", prof_path)
+    peer = _vast_client_passes(h, n, reps)
+    p_rate = _median([p.rate for p in peer])
     c_rate = _median([p.rate for p in ceiling])
     t_rate = _median([p.rate for p in twin])
     d_rate = _median([p.rate for p in disp])
@@ -231,6 +273,10 @@ def throughput(h: Harness, cfg: Config) -> Result:
         "dispatcher_cpu_ms_per_job": _mid(disp).cpu_ms_per_job,
         "ceiling_cpu_ms_per_job": _mid(ceiling).cpu_ms_per_job,
         "ceiling_dispatcher_conf_cpu_ms_per_job": _mid(twin).cpu_ms_per_job,
+        "vast_client_jobs_per_s": p_rate,
+        "vast_client_runs_jobs_per_s": [p.rate for p in peer],
+        "vast_client_cpu_ms_per_job": _mid(peer).cpu_ms_per_job,
+        "ratio_to_vast_client": d_rate / p_rate,
     }
     res.profile = profile
     res.row("dispatcher, submit -> result readable", f"{d_rate:.0f} jobs/s",
@@ -245,6 +291,18 @@ def throughput(h: Harness, cfg: Config) -> Result:
     res.row("submit rate (1 thread): dispatcher / ceiling",
             f"{res.metrics['dispatcher_submit_per_s']:.0f} / "
             f"{res.metrics['ceiling_submit_per_s']:.0f} per s")
+    res.row("Vast's official client (vastai 1.9.1), 1 asyncio process", f"{p_rate:.0f} jobs/s",
+            note=f"32 in flight, same emulator endpoint, nothing durable "
+                 f"{_spread(res.metrics['vast_client_runs_jobs_per_s'])}")
+    res.row("dispatcher / Vast's client", f"{100 * d_rate / p_rate:.0f}%", ">= 100%",
+            d_rate >= p_rate)
+    d_redis = _mid(disp).cpu_ms_per_job.get("redis", float("nan"))
+    c_redis = _mid(ceiling).cpu_ms_per_job.get("redis", float("nan"))
+    res.metrics["redis_cpu_ms_per_job"] = {"dispatcher": d_redis, "ceiling": c_redis}
+    res.row("Redis CPU per job: dispatcher / no-op", f"{d_redis:.2f} / {c_redis:.2f} ms",
+            "<= 0.40 ms", d_redis <= 0.40,
+            f"{d_redis / c_redis:.1f}x the no-op; one Redis carries ~{1000 / d_redis:.0f} "
+            f"dispatcher jobs/s at most")
     dw = _worker_cpu(_mid(disp))
     cw = _worker_cpu(_mid(ceiling))
     tw = _worker_cpu(_mid(twin))
@@ -622,22 +680,41 @@ class ReadyWatch:
 
 
 def scaling(h: Harness, cfg: Config) -> Result:
-    res = Result("scaling", "5. scaling, worker processes")
+    """Worker processes against one Redis, until Redis or the machine is the limit.
+
+    Redis is single-threaded: the fleet's ceiling per Redis is one core's worth of its
+    CPU per job. Where Redis ran near a full core, that was measured; where the machine
+    ran out of cores first, it is extrapolated from the CPU per job, and says so."""
+    res = Result("scaling", "5. scaling, worker processes, and the ceiling per Redis")
     cores = os.cpu_count() or 1
     rates: dict[str, float] = {}
     runs: dict[str, list[float]] = {}
+    redis_ms: dict[str, float] = {}
     for procs in cfg.scale_procs:
         passes, _ = _dispatcher_passes(h, procs, cfg.scale_jobs, cfg.repeats, cfg.concurrency,
                                        f"{procs} worker(s)")
         runs[str(procs)] = [p.rate for p in passes]
         rates[str(procs)] = _median(runs[str(procs)])
+        redis_ms[str(procs)] = _mid(passes).cpu_ms_per_job.get("redis", float("nan"))
     base = rates[str(cfg.scale_procs[0])]
+    busy = {k: redis_ms[k] * rates[k] / 1000 for k in rates}  # cores Redis used
+    top = max(rates, key=lambda k: busy[k])
+    ceiling = 1000 / redis_ms[top]
+    measured = busy[top] >= 0.9
     res.metrics = {"jobs": cfg.scale_jobs, "cores": cores, "jobs_per_s": rates, "runs": runs,
-                   "speedup": {k: v / base for k, v in rates.items()}}
+                   "speedup": {k: v / base for k, v in rates.items()},
+                   "redis_cpu_ms_per_job": redis_ms, "redis_cores_busy": busy,
+                   "ceiling_per_redis_jobs_per_s": ceiling,
+                   "ceiling_measured": measured}
     for k, v in rates.items():
         res.row(f"{k} worker process(es) x {cfg.concurrency} threads", f"{v:.0f} jobs/s",
-                note=f"x{v / base:.2f}; machine has {cores} cores, shared with Redis, the "
-                     f"emulator and the submitter {_spread(runs[k])}")
+                note=f"x{v / base:.2f}; Redis {redis_ms[k]:.2f} ms CPU/job, "
+                     f"{100 * busy[k]:.0f}% of a core {_spread(runs[k])}")
+    how = ("measured: Redis ran at a full core" if measured else
+           f"extrapolated: the {cores}-core machine (workers, emulator, submitter and Redis "
+           f"on it) ran out first, with Redis at {100 * busy[top]:.0f}% of a core")
+    res.row("fleet ceiling per Redis: 1 core / Redis CPU per job", f"{ceiling:.0f} jobs/s",
+            note=f"{how}; at {top} process(es), {redis_ms[top]:.2f} ms/job")
     return res
 
 

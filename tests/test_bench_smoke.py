@@ -14,14 +14,16 @@ REPO = Path(__file__).resolve().parent.parent
 SCENARIO_KEYS = {
     "throughput": ["dispatcher_jobs_per_s", "ceiling_jobs_per_s", "ratio_to_ceiling",
                    "dispatcher_submit_per_s", "dispatcher_cpu_ms_per_job",
-                   "ceiling_cpu_ms_per_job"],
+                   "ceiling_cpu_ms_per_job", "vast_client_jobs_per_s", "ratio_to_vast_client",
+                   "redis_cpu_ms_per_job"],
     "latency": ["added_ms", "added_seen_by_poller_ms", "parts_p50_ms"],
     "concurrency": ["peak_in_flight", "rss_peak_mb", "total_s", "floor_s", "total_over_floor",
                     "statuses"],
     "cold_start": ["rss_growth_mb", "redis_bytes_per_waiting_job", "route_calls_per_job",
                    "pickup_p50_s", "pickup_p95_s", "drain_after_ready_s",
                    "drain_after_ready_ideal_s", "total_s", "total_ideal_s", "statuses"],
-    "scaling": ["jobs_per_s", "speedup", "cores"],
+    "scaling": ["jobs_per_s", "speedup", "cores", "redis_cpu_ms_per_job",
+                "ceiling_per_redis_jobs_per_s"],
 }
 
 
