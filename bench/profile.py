@@ -44,10 +44,8 @@ AREAS: list[tuple[str, str]] = [
 # Inclusive shares: a sample counts for a component if any frame's function matches.
 COMPONENTS: list[tuple[str, tuple[str, ...]]] = [
     ("task body: dispatcher run_job", ("run_job",)),
-    ("  HTTP: route call (requests)", ("VastClient.route",)),
-    ("  HTTP: worker call (requests)", ("VastClient.call_worker",)),
-    ("  requests env lookups (trust_env)", ("Session.merge_environment_settings",
-                                           "get_netrc_auth")),
+    ("  HTTP: route call (dispatcher.net)", ("RouteClient.route",)),
+    ("  HTTP: worker call (dispatcher.net)", ("WorkerClient.call_worker",)),
     ("  Lua transitions (claim, mark_running, finish)", ("Store.claim", "Store.mark_running",
                                                          "Store.finish", "Store.schedule")),
     ("Celery consumer loop (main thread)", ("Hub.create_loop",)),
