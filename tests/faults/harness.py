@@ -15,7 +15,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,11 +124,16 @@ class Cluster:
     def new_payload(self) -> dict[str, Any]:
         return {"id": uuid.uuid4().hex, "prompt": "fault"}
 
-    def submit_many(self, endpoint: str, n: int, **options: Any) -> list[str]:
-        """``n`` jobs in one batch (a round trip per 500): quick on a loaded machine."""
+    def submit_many(self, endpoint: str, n: int, emulate: dict[str, Any] | None = None,
+                    **options: Any) -> list[str]:
+        """``n`` jobs in one batch (a round trip per 500): quick on a loaded machine.
+        ``emulate``: the emulator's directive for each (a hostile worker, say)."""
         assert self.client is not None
         options.setdefault("path", "/generate")
         payloads = [self.new_payload() for _ in range(n)]
+        if emulate is not None:
+            for p in payloads:
+                p["emulate"] = emulate
         ids = self.client.submit_many([{"endpoint": endpoint, "payload": p, **options}
                                        for p in payloads])
         self.payloads.update(zip(ids, payloads, strict=True))
@@ -170,11 +175,13 @@ class Cluster:
         return "\n".join(lines)
 
     def report(self, scenario: str, jobs: dict[str, Job], notes: str = "",
-               may_rerun: Iterable[str] = ()) -> Report:
+               may_rerun: Iterable[str] = (),
+               expected: Callable[[dict[str, Any]], Any] | None = None) -> Report:
         """Count what happened, from the job hashes and the emulator's own count of GPU
         executions. A job may run once more per re-route after a worker error, and once
         more if it is in ``may_rerun`` (on a GPU when its worker died, say); any other
-        extra run is ``unexplained_dups``."""
+        extra run is ``unexplained_dups``. A success's result must be ``expected(payload)``
+        where that is not None, else the emulator's echo of the payload."""
         assert self.emulator is not None
         execs = self.emulator.stats()["executions_by_payload"]
         rerun = set(may_rerun)
@@ -183,7 +190,10 @@ class Cluster:
             p = self.payloads[job_id]
             if job.status == "succeeded":
                 r.succeeded += 1
-                if not isinstance(job.result, dict) or job.result.get("payload") != p:
+                want = expected(p) if expected is not None else None
+                if want is not None:
+                    r.wrong_results += job.result != want
+                elif not isinstance(job.result, dict) or job.result.get("payload") != p:
                     r.wrong_results += 1
             elif job.status == "failed":
                 r.failed[job.error_kind or "?"] = r.failed.get(job.error_kind or "?", 0) + 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import signal
 import time
+from typing import Any
 
 import pytest
 
@@ -225,6 +226,58 @@ def test_failing_and_hanging_workers_end_within_bounds() -> None:
         for j in hung:
             assert j.error and j.finished_at is not None and j.assigned_at is not None
             assert timeout <= j.finished_at - j.assigned_at < timeout + SLACK, j
+
+
+def test_hostile_workers_each_end_their_job_once_with_what_happened() -> None:
+    """Issue 11 as a fleet sees it: workers that drip headers past the job's timeout,
+    answer 80 KB of [[[...]]] (far past any recursive parser), answer more than
+    DISPATCHER_MAX_RESULT_BYTES, or hang up halfway through a 200, among healthy ones.
+    Each job ends once, says what happened, and ran on a GPU once: a hostile answer is
+    never a reason to run a job again."""
+    endpoints = {"ep": {"workers": 4, "max_workers": 4, "concurrency": 16, **FAST}}
+    limit, depth, timeout = 100_000, 40_000, 1.0
+    env = {"DISPATCHER_MAX_RESULT_BYTES": str(limit)}
+    with Cluster(endpoints, env=env).start(concurrency=64) as c:
+        kinds = {
+            "drip": c.submit_many("ep", 40, {"drip": {"interval": 0.5, "count": 20}},
+                                  timeout=timeout, max_wait=60),
+            "nested": c.submit_many("ep", 40, {"nested": {"depth": depth}}, max_wait=60),
+            "huge": c.submit_many("ep", 40, {"huge": {"bytes": 2 * limit, "chunked": True}},
+                                  max_wait=60),
+            "cut": c.submit_many("ep", 40, {"cut": {"fraction": 0.5}}, max_wait=60),
+            "healthy": c.submit_many("ep", 40, max_wait=60),
+        }
+        ids = [i for group in kinds.values() for i in group]
+        jobs = c.wait_until(ids, 120)
+        nested = "[" * depth + "]" * depth
+
+        def expected(p: dict[str, Any]) -> Any:
+            return nested if "emulate" in p else None  # None: the echo of the payload
+
+        report = c.report("6. hostile workers: drip, nested, huge, cut (40 each + 40)", jobs,
+                          expected=expected,
+                          notes="drip > the job's 1 s timeout; nested: 80 KB of [[[...]]] is "
+                                "kept as text; huge: 2x DISPATCHER_MAX_RESULT_BYTES, chunked; "
+                                "cut: a 200 that stops halfway")
+        assert report.lost == 0 and report.wrong_results == 0, c.diagnose(report)
+        assert report.duplicate_gpu == 0 and report.reroutes == 0, report
+        ends = {k: sorted({(jobs[i].status, jobs[i].error_kind) for i in group})
+                for k, group in kinds.items()}
+        assert ends == {
+            "drip": [("failed", "worker_timeout")],
+            "nested": [("succeeded", None)],
+            "huge": [("failed", "worker_bad_answer")],
+            "cut": [("failed", "worker_timeout")],
+            "healthy": [("succeeded", None)],
+        }, ends
+        for i in kinds["drip"]:  # cut at the job's own timeout, not a lease later
+            j = jobs[i]
+            assert j.finished_at is not None and j.assigned_at is not None
+            assert j.finished_at - j.assigned_at < timeout + SLACK, j
+        assert all("DISPATCHER_MAX_RESULT_BYTES" in (jobs[i].error or "")
+                   for i in kinds["huge"])
+        assert all("may have" in (jobs[i].error or "") or "did the work" in (jobs[i].error or "")
+                   for i in kinds["cut"]), [jobs[i].error for i in kinds["cut"]][:3]
 
 
 def test_graceful_shutdown_mid_run_loses_nothing() -> None:
