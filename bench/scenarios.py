@@ -531,6 +531,7 @@ def cold_start(h: Harness, cfg: Config) -> Result:
             rss_ready = sum(rss_bytes(pid) for pid in pids)
             mem_base = int(r.info("memory")["used_memory"])
             mem_waiting: list[int] = []
+            mem_submitting: list[float] = []  # bytes per job while jobs are still coming
             try:
                 with RssSampler(pids) as rss, ReadyWatch(emu, ep) as watch, \
                         progress(h.console) as bar:
@@ -542,6 +543,9 @@ def cold_start(h: Harness, cfg: Config) -> Result:
                                                  max_wait=cold + 900, timeout=60))
                         if i % 100 == 0:
                             bar.update(sub, completed=i)
+                            if i and watch.ready_at is None:  # a slow submit outlasts it
+                                mem_submitting.append(
+                                    (int(r.info("memory")["used_memory"]) - mem_base) / i)
                     bar.update(sub, completed=n)
                     t_submitted = time.time()
                     counts_key = keys.COUNTS(ep)
@@ -579,7 +583,10 @@ def cold_start(h: Harness, cfg: Config) -> Result:
     route_calls = [int(x[3] or 0) for x in rows]
     # Each job needs its own route call: the budget bounds the drain, not the GPUs.
     drain_ideal = max(n * gpu_s / (gpu_workers * slots), n / rate if rate else 0.0)
-    mem_mid = _median(mem_waiting[len(mem_waiting) // 2:]) if mem_waiting else float("nan")
+    # Bytes per waiting job: with all n waiting, or (a submit slower than the cold start)
+    # the last reading while they were still being submitted and none had a GPU.
+    per_job = ((_median(mem_waiting[len(mem_waiting) // 2:]) - mem_base) / n if mem_waiting
+               else mem_submitting[-1] if mem_submitting else float("nan"))
     cap = settings.poll_cap
     p95 = pct(pickup, .95)
     rss_growth = (rss.peak - rss_ready) / MB
@@ -592,7 +599,7 @@ def cold_start(h: Harness, cfg: Config) -> Result:
         "route_rate": rate, "vast_rate_limit": limit, "route_429s": rate_limited,
         "route_calls_per_s": calls_at_vast / max(1e-9, last - t0),
         "first_pickup_after_ready_s": first_pickup,
-        "redis_bytes_per_waiting_job": (mem_mid - mem_base) / n,
+        "redis_bytes_per_waiting_job": per_job,
         "route_calls_per_job": statistics.fmean(route_calls) if route_calls else float("nan"),
         "route_calls_at_emulator": _route_calls_total(stats),
         "pickup_p50_s": pct(pickup, .5), "pickup_p95_s": p95,
