@@ -75,7 +75,11 @@ def test_pending_demand_expires_after_replay_timeout() -> None:
         route(vast, {"endpoint": "off", "cost": 1, "replay_timeout": 0.2})
         route(vast, {"endpoint": "off", "cost": 1})  # the default 60 s
         assert vast.stats()["endpoints"]["off"]["pending"] == 2
-        time.sleep(0.6)  # expiry is swept every 0.25 s
+        deadline = time.monotonic() + 10  # expiry is swept every 0.25 s
+        while vast.stats()["endpoints"]["off"]["pending"] != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.5)  # two sweeps more: the one with 60 s stays
         assert vast.stats()["endpoints"]["off"]["pending"] == 1
 
 
@@ -104,7 +108,8 @@ def test_bad_key_is_401_json_with_error(vast: Emulator, key: str | None) -> None
 
 
 def test_rate_limit_is_a_token_bucket_per_endpoint_and_key() -> None:
-    cfg = make_config(rate_limit={"rate": 5, "burst": 3},
+    # One token per 2 s: the five calls below take far less on any machine.
+    cfg = make_config(rate_limit={"rate": 0.5, "burst": 3},
                       endpoints={"a": {"workers": 0, "max_workers": 0},
                                  "b": {"workers": 0, "max_workers": 0}})
     with Emulator(cfg) as vast:
@@ -115,7 +120,7 @@ def test_rate_limit_is_a_token_bucket_per_endpoint_and_key() -> None:
         assert limited.status_code == 429 and limited.text == "API requests too frequent"
         assert "Retry-After" not in limited.headers
         assert limited.headers["Content-Type"].startswith("text/plain")
-        time.sleep(0.25)  # 5 tokens/s refill
+        time.sleep(2.1)  # one token back
         assert route(vast, {"endpoint": "a", "cost": 1}).status_code == 200
         assert vast.stats()["route"]["rate_limited"] == 3
 

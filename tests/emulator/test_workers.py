@@ -117,10 +117,12 @@ def test_fifo_worker_runs_one_at_a_time_parallel_worker_does_not() -> None:
         "fifo": {"workers": 1, "concurrency": 1, "queue_depth": 4, "latency": lat},
         "par": {"workers": 1, "concurrency": 4, "latency": lat}})
     with Emulator(cfg) as vast:
-        assert 1.0 <= _timed_batch(vast, "fifo", 4) < 1.5
-        assert vast.stats()["peak_in_flight"] == 1
-        assert 0.25 <= _timed_batch(vast, "par", 4) < 0.6
-        assert vast.stats()["peak_in_flight"] == 4
+        serial = _timed_batch(vast, "fifo", 4)
+        assert serial >= 1.0 and vast.stats()["peak_in_flight"] == 1  # one after another
+        parallel = _timed_batch(vast, "par", 4)
+        assert vast.stats()["peak_in_flight"] == 4  # all four at once
+        # At once: under the serial time of the same work, however loaded the machine.
+        assert 0.25 <= parallel < 1.0
 
 
 def test_all_busy_means_no_worker_then_admission_control_429() -> None:
@@ -211,6 +213,7 @@ def test_latency_distributions() -> None:
             for i in range(4):
                 call(assign(vast, ep), {"id": f"{ep}{i}"})
         secs = vast.stats()["worker_seconds_by_payload"]
-        assert all(0.05 <= secs[f"u{i}"] < 0.2 for i in range(4))
-        assert all(0.015 < secs[f"l{i}"] < 0.3 for i in range(4))
+        # Never under the draw; over it by what a loaded machine adds to a sleep.
+        assert all(0.05 <= secs[f"u{i}"] < 0.1 + 1.0 for i in range(4))
+        assert all(0.015 < secs[f"l{i}"] < 0.3 + 1.0 for i in range(4))
         assert len({round(secs[f"u{i}"], 4) for i in range(4)}) > 1
