@@ -10,6 +10,7 @@ the job index (``stats()``' ``last_failures``, ``list_jobs``): no scan.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -25,14 +26,22 @@ FAILED_STATUSES = ("failed", "expired")
 SPARKS = "▁▂▃▄▅▆▇█"
 
 
+def fixed(value: float, digits: int) -> str:
+    """``value`` with ``digits`` decimals, halves rounded up: the same text as the
+    dashboard's ``fixed()`` in JavaScript (Python's format rounds halves to even, toFixed
+    does not: 0.0525 s was 52ms in top and 53ms on the dashboard)."""
+    m = 10 ** digits
+    return f"{math.floor(value * m + 0.5) / m:.{digits}f}"
+
+
 def seconds(value: float | None) -> str:
     """A duration in at most 6 characters: 850ms, 4.1s, 2m05s, 3h10m; '-' for none."""
     if value is None:
         return "-"
     if value < 1:
-        return f"{value * 1000:.0f}ms"
+        return f"{fixed(value * 1000, 0)}ms"
     if value < 60:
-        return f"{value:.1f}s"
+        return f"{fixed(value, 1)}s"
     if value < 3600:
         return f"{int(value // 60)}m{int(value % 60):02d}s"
     return f"{int(value // 3600)}h{int(value % 3600 // 60):02d}m"
@@ -41,7 +50,7 @@ def seconds(value: float | None) -> str:
 def rate(value: float | None) -> str:
     if value is None:
         return "-"
-    return f"{value:.0f}" if value >= 100 else f"{value:.1f}"
+    return fixed(value, 0) if value >= 100 else fixed(value, 1)
 
 
 def route(s: Mapping[str, Any]) -> str:

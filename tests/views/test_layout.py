@@ -60,7 +60,7 @@ def test_every_figure_fits_every_width(width: int) -> None:
     got = figures(block)
     assert set(got) == set(LABELS), (width, "\n".join(lines))
     assert got["ok"] == "1234567" and got["route calls"] == "987654321"
-    assert got["route/s"] == "38.2/40 L2" and got["oldest wait"] == "1h10m"
+    assert got["route/s"] == "38.3/40 L2" and got["oldest wait"] == "1h10m"
     assert got["run p50"] == "1m01s" and got["run p95"] == "2h01m"
     failure = next(line for line in block if FAILURES_LABEL in line)
     assert "f" * 32 in failure or width < 60

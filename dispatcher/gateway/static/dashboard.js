@@ -8,16 +8,22 @@
   const state = {points: {}, since: 0, interval: 2, window: 900, timer: null, last: null};
 
   // The same writing of durations as `dispatcher top` (dispatcher/ops/views.py).
+  // Halves rounded up, as dispatcher/ops/views.py fixed() does, so top and the dashboard
+  // write the same figure the same way.
+  function fixed(v, digits) {
+    const m = 10 ** digits;
+    return (Math.floor(v * m + 0.5) / m).toFixed(digits);
+  }
   function seconds(v) {
     if (v === null || v === undefined) return "-";
-    if (v < 1) return `${(v * 1000).toFixed(0)}ms`;
-    if (v < 60) return `${v.toFixed(1)}s`;
+    if (v < 1) return `${fixed(v * 1000, 0)}ms`;
+    if (v < 60) return `${fixed(v, 1)}s`;
     if (v < 3600) return `${Math.floor(v / 60)}m${String(Math.floor(v % 60)).padStart(2, "0")}s`;
     return `${Math.floor(v / 3600)}h${String(Math.floor((v % 3600) / 60)).padStart(2, "0")}m`;
   }
   function rate(v) {
     if (v === null || v === undefined) return "-";
-    return v >= 100 ? v.toFixed(0) : v.toFixed(1);
+    return v >= 100 ? fixed(v, 0) : fixed(v, 1);
   }
   function clock(t) {
     return t ? new Date(t * 1000).toLocaleTimeString([], {hour12: false}) : "-";
