@@ -192,6 +192,14 @@ def _git_state() -> str:
     return (head or "unknown") + ("+dirty" if dirty.strip() else "")
 
 
+def repo_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: this environment) with the repository on PYTHONPATH, for child
+    processes that import ``bench``."""
+    env = dict(os.environ if base is None else base)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    return env
+
+
 class Harness:
     """Owns every process of a run (one Redis; emulators and workers per scenario).
 
@@ -274,10 +282,9 @@ class Harness:
     def ceiling_workers(self, queue: str, count: int, concurrency: int,
                         dispatcher_conf: bool = False) -> Iterator[list[Child]]:
         """Workers of the bare Celery no-op app (``bench.ceiling``)."""
-        env = {**os.environ, "BENCH_REDIS_URL": self.redis_url, "BENCH_QUEUE": queue,
+        env = {**repo_env(), "BENCH_REDIS_URL": self.redis_url, "BENCH_QUEUE": queue,
                "BENCH_CELERY_CONF": "dispatcher" if dispatcher_conf else "",
-               "BENCH_CONCURRENCY": str(concurrency),
-               "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+               "BENCH_CONCURRENCY": str(concurrency)}
         children = []
         for i in range(count):
             args = [sys.executable, "-m", "celery", "-A", "bench.ceiling", "worker",

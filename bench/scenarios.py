@@ -21,7 +21,6 @@ import redis
 from bench.ceiling import NOOP_TASK, make_app
 from bench.harness import (
     API_KEY,
-    REPO,
     CpuMeter,
     Harness,
     RssSampler,
@@ -29,6 +28,7 @@ from bench.harness import (
     job_done_check,
     pct,
     progress,
+    repo_env,
     rss_bytes,
     wait_all,
 )
@@ -210,13 +210,16 @@ def _ceiling_passes(h: Harness, n: int, repeats: int, concurrency: int,
                             timeout=max(120, n / 10)) for k in range(repeats)]
 
 
-def _vast_client_passes(h: Harness, n: int, repeats: int, in_flight: int = 32) -> list[Pass]:
+PEER_IN_FLIGHT = 32  # requests Vast's client keeps in flight in scenario 1
+
+
+def _vast_client_passes(h: Harness, n: int, repeats: int,
+                        in_flight: int = PEER_IN_FLIGHT) -> list[Pass]:
     """Vast's official client (``bench/vast_peer.py``), one asyncio process per pass, on
     the same emulator endpoint as the dispatcher's passes; no Redis in its path."""
     ep = "instant"
     passes = []
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO),
-                                                         os.environ.get("PYTHONPATH", "")])}
+    env = repo_env()
     with h.emulator({ep: _endpoint()}) as emu:
         for k in range(repeats):
             h.console.print(f"Vast's client {k + 1}/{repeats}: {n} requests, "
@@ -292,7 +295,7 @@ def throughput(h: Harness, cfg: Config) -> Result:
             f"{res.metrics['dispatcher_submit_per_s']:.0f} / "
             f"{res.metrics['ceiling_submit_per_s']:.0f} per s")
     res.row("Vast's official client (vastai 1.9.1), 1 asyncio process", f"{p_rate:.0f} jobs/s",
-            note=f"32 in flight, same emulator endpoint, nothing durable "
+            note=f"{PEER_IN_FLIGHT} in flight, same emulator endpoint, nothing durable "
                  f"{_spread(res.metrics['vast_client_runs_jobs_per_s'])}")
     res.row("dispatcher / Vast's client", f"{100 * d_rate / p_rate:.0f}%", ">= 100%",
             d_rate >= p_rate)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from bench.harness import REPO, Harness, pct
+from bench.harness import Harness, pct, repo_env
 from bench.report import Result
 from bench.scenarios import Config, _endpoint, _queue
 from dispatcher.aio import AsyncClient
@@ -251,9 +251,7 @@ def gateway(h: Harness, cfg: Config) -> Result:
     for name, args in servers:
         p = port if "dispatcher" in name else _free_port()
         args = [a.replace("{port}", str(p)) for a in args]
-        env_run = {**env, "PYTHONPATH": os.pathsep.join(
-            [str(REPO), os.environ.get("PYTHONPATH", "")])}
-        with _server(h, name.split()[0], args, env_run, p) as url:
+        with _server(h, name.split()[0], args, repo_env(env), p) as url:
             rate, lat = asyncio.run(_hammer(url, n, IN_FLIGHT))
             seq = asyncio.run(_sequential(url, min(n, 500)))
         key = name.split()[0].lower()

@@ -26,6 +26,8 @@ from kombu.transport import redis
 
 
 class Channel(redis.Channel):
+    _shared_client: tuple[Any, Any] | None = None  # (the pool, its client)
+
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
         if self.connection.client is None:
             raise redis_py.ConnectionError("broker connection already closed")
@@ -35,10 +37,9 @@ class Channel(redis.Channel):
         if asynchronous:  # the BRPOP client: kombu caches it itself
             return super()._create_client(asynchronous=True)
         pool = self.pool
-        cached = self.__dict__.get("_shared_client")
+        cached = self._shared_client
         if cached is None or cached[0] is not pool:
-            cached = (pool, super()._create_client())
-            self.__dict__["_shared_client"] = cached
+            cached = self._shared_client = (pool, super()._create_client())
         return cached[1]
 
 

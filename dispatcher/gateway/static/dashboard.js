@@ -7,9 +7,8 @@
   const SVG = "http://www.w3.org/2000/svg";
   const state = {points: {}, since: 0, interval: 2, window: 900, timer: null, last: null};
 
-  // The same writing of durations as `dispatcher top` (dispatcher/ops/views.py).
-  // Halves rounded up, as dispatcher/ops/views.py fixed() does, so top and the dashboard
-  // write the same figure the same way.
+  // The same writing of figures as `dispatcher top` (dispatcher/ops/views.py): fixed()
+  // rounds halves up as views.fixed() does, so both write a figure alike.
   function fixed(v, digits) {
     const m = 10 ** digits;
     return (Math.floor(v * m + 0.5) / m).toFixed(digits);
