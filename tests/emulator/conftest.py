@@ -6,7 +6,7 @@ import json
 import socket
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import requests
@@ -15,6 +15,17 @@ from dispatcher.emulator import Emulator, EmulatorConfig
 
 KEY = "emu-test-key"
 FAST = {"kind": "fixed", "seconds": 0.01}
+T = TypeVar("T")
+
+
+def until(read: Callable[[], T], ok: Callable[[T], bool], timeout: float = 10.0) -> T:
+    """Poll ``read`` until ``ok``: a property reached in its own time, not at a guessed
+    moment (a fixed sleep was a flake on a loaded machine)."""
+    deadline = time.monotonic() + timeout
+    while not ok(value := read()):
+        assert time.monotonic() < deadline, value
+        time.sleep(0.02)
+    return value
 
 
 def make_config(seed: int = 3, **top: Any) -> EmulatorConfig:

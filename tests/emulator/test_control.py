@@ -12,7 +12,7 @@ import requests
 
 from dispatcher.emulator import ConfigError, Emulator, EmulatorConfig, EndpointConfig
 
-from .conftest import FAST, KEY, assign, call, make_config, route
+from .conftest import FAST, KEY, assign, call, make_config, route, until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -78,10 +78,7 @@ def test_config_patch_and_actions_while_running(vast: Emulator) -> None:
     vast.configure({"action": "cold_start", "endpoint": "new", "seconds": 0.2})
     assert vast.config.endpoints["new"].cold_start == 0.2
     assert route(vast, {"endpoint": "new"}).json()["status"].startswith("1 loading")
-    deadline = time.monotonic() + 10  # loaded after its 0.2 s: polled, not guessed
-    while vast.stats()["endpoints"]["new"]["ready"] < 1:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    until(vast.stats, lambda s: s["endpoints"]["new"]["ready"] >= 1)  # after its 0.2 s
     assign(vast, "new")
     vast.configure({"action": "start", "endpoint": "new", "count": 5})  # only 1 is stopped
     assert vast.stats()["endpoints"]["new"]["loading"] == 1

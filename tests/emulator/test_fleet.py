@@ -4,31 +4,17 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
-from collections.abc import Callable
-from typing import TypeVar
 
 import pytest
 import requests
 
 from dispatcher.emulator import Emulator
 
-from .conftest import FAST, assign, call, make_config, route
-
-T = TypeVar("T")
+from .conftest import FAST, assign, call, make_config, route, until
 
 pytestmark = pytest.mark.timeout(60)
 
 SLACK = 2.0  # what a loaded 2-core machine may add to a wall-clock bound, seconds
-
-
-def _until(read: Callable[[], T], ok: Callable[[T], bool], timeout: float = 10.0) -> T:
-    """Poll ``read`` until ``ok``: a property reached in its own time, not at a guessed
-    moment (a fixed sleep was a flake on a loaded machine)."""
-    deadline = time.monotonic() + timeout
-    while not ok(value := read()):
-        assert time.monotonic() < deadline, value
-        time.sleep(0.02)
-    return value
 
 
 def test_cold_start_answers_no_worker_then_assigns() -> None:
@@ -77,14 +63,14 @@ def test_scale_to_zero_after_inactivity_then_refuse_connections() -> None:
         ep = vast.stats()["endpoints"]["ep"]
         if time.monotonic() - idle_from < 1.0:  # read well inside the timeout
             assert ep["ready"] == 1  # not idle long enough yet
-        ep = _until(lambda: vast.stats()["endpoints"]["ep"], lambda e: e["stopped"] == 1)
+        ep = until(lambda: vast.stats()["endpoints"]["ep"], lambda e: e["stopped"] == 1)
         assert time.monotonic() - idle_from >= 1.4  # not before its inactivity timeout
         assert (ep["stopped"], ep["status"]) == (1, "Stopped")
         with pytest.raises(requests.ConnectionError):  # a stopped instance refuses
             call(a, {"id": "y"})
         # The next demand brings it back, on the same port.
         assert "url" not in route(vast, {"endpoint": "ep"}).json()
-        _until(lambda: vast.stats()["endpoints"]["ep"], lambda e: e["ready"] == 1)
+        until(lambda: vast.stats()["endpoints"]["ep"], lambda e: e["ready"] == 1)
         b = assign(vast, "ep")
         assert b["url"] == a["url"] and call(b, {"id": "z"}).status_code == 200
 
@@ -122,7 +108,7 @@ def test_all_busy_is_no_worker_and_an_unused_assignment_expires() -> None:
         assign(vast, "e")  # never used
         busy = route(vast, {"endpoint": "e"}).json()
         assert "url" not in busy and busy["status"] == "0 loading, 0 idle, 1 busy"
-        _until(lambda: vast.stats()["endpoints"]["e"], lambda e: e["outstanding"] == 0)
+        until(lambda: vast.stats()["endpoints"]["e"], lambda e: e["outstanding"] == 0)
         assert call(assign(vast, "e"), {"id": "after"}).status_code == 200
 
 
