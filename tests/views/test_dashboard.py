@@ -125,7 +125,10 @@ def test_dashboard_auth_over_http(gateway: str) -> None:
     post = requests.post(gateway + "/v1/jobs", cookies=jar, timeout=10,
                          json={"endpoint": "x", "path": "/x", "payload": {}})
     assert post.status_code == 401
-    assert requests.get(gateway + "/dashboard/data", cookies={COOKIE: session[:-1] + "0"},
+    # One hex digit changed (never to itself: the old "+ '0'" kept a cookie ending in 0 valid).
+    forged = session[:-1] + ("1" if session[-1] == "0" else "0")
+    assert forged != session
+    assert requests.get(gateway + "/dashboard/data", cookies={COOKIE: forged},
                         timeout=10).status_code == 401
     out = requests.post(gateway + "/logout", cookies=jar, allow_redirects=False, timeout=10)
     assert out.status_code == 303 and f"{COOKIE}=\"\"" in out.headers["Set-Cookie"]
