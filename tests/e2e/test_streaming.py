@@ -58,7 +58,7 @@ def test_every_piece_in_order_and_the_whole_answer_as_the_result(
 def test_the_first_piece_is_readable_long_before_the_last_is_written(
         client: Client, vast: Emulator) -> None:
     ep = add_endpoint(vast)
-    payload = streaming(10, interval=0.3)  # the last piece comes ~2.7 s after the first
+    payload = streaming(10, interval=0.6)  # the last piece comes ~5.4 s after the first
     job_id = submit(client, ep, payload)
     stream = client.stream(job_id, timeout=60)
     first = next(stream)

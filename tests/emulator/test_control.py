@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -80,6 +79,8 @@ def test_config_patch_and_actions_while_running(vast: Emulator) -> None:
     assert route(vast, {"endpoint": "new"}).json()["status"].startswith("1 loading")
     until(vast.stats, lambda s: s["endpoints"]["new"]["ready"] >= 1)  # after its 0.2 s
     assign(vast, "new")
+    # A cold start far longer than the test, so the started one is still loading when read.
+    vast.configure({"endpoints": {"new": {"cold_start": 60}}})
     vast.configure({"action": "start", "endpoint": "new", "count": 5})  # only 1 is stopped
     assert vast.stats()["endpoints"]["new"]["loading"] == 1
     vast.configure({"endpoints": {"new": {"workers": 2}}})  # raises ready workers now
@@ -109,9 +110,9 @@ def test_raising_concurrency_lets_queued_requests_run() -> None:
         vast.configure({"endpoints": {"e": {"hang_workers": 0}}})  # no more hangs
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             first = pool.submit(call, answers[0], {"id": "a", "emulate": {"hang": True}})
-            time.sleep(0.2)
+            until(vast.stats, lambda s: s["endpoints"]["e"]["running"] == 1)  # it arrived
             second = pool.submit(call, answers[1], {"id": "b"})
-            time.sleep(0.2)
+            until(vast.stats, lambda s: s["endpoints"]["e"]["queued"] == 1)  # it arrived too
             assert not second.done()  # FIFO, behind the hung one
             vast.configure({"endpoints": {"e": {"concurrency": 2}}})
             assert second.result(timeout=5).status_code == 200

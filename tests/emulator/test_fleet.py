@@ -58,8 +58,8 @@ def test_scale_to_zero_after_inactivity_then_refuse_connections() -> None:
                                         "inactivity_timeout": 1.5, "latency": FAST}})
     with Emulator(cfg) as vast:
         a = assign(vast, "ep")
+        idle_from = time.monotonic()  # before the call: its idle time starts after this
         assert call(a, {"id": "x"}).status_code == 200
-        idle_from = time.monotonic()
         ep = vast.stats()["endpoints"]["ep"]
         if time.monotonic() - idle_from < 1.0:  # read well inside the timeout
             assert ep["ready"] == 1  # not idle long enough yet
@@ -92,13 +92,11 @@ def test_stopping_a_worker_resets_requests_in_flight() -> None:
         a = assign(vast, "e")
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             fut = pool.submit(call, a, {"id": "slow", "emulate": {"sleep": 5}})
-            time.sleep(0.3)
-            assert vast.stats()["in_flight"] == 1
+            until(vast.stats, lambda s: s["in_flight"] == 1)  # it arrived and runs
             vast.configure({"action": "stop_all", "endpoint": "e"})
             with pytest.raises(requests.ConnectionError):
                 fut.result(timeout=5)
-        time.sleep(0.05)
-        w = vast.stats()["workers"]
+        w = until(lambda: vast.stats()["workers"], lambda w: w["in_flight"] == 0)
         assert (w["executions"], w["cancelled"], w["succeeded"], w["in_flight"]) == (1, 1, 0, 0)
 
 

@@ -43,7 +43,7 @@ def finished(vast: Emulator, wid: int, idxs: list[int], mtoken: str = "llm",
 @pytest.fixture
 def plane() -> Emulator:
     cfg = make_config(endpoints={
-        "llm": {"workers_from": "pyworker", "concurrency": 2, "report_timeout": 1.0},
+        "llm": {"workers_from": "pyworker", "concurrency": 2, "report_timeout": 3.0},
         "tok": {"workers_from": "pyworker", "mtoken": "s3cret-token"},
         "sim": {"workers": 1},
     })
@@ -94,7 +94,7 @@ def test_a_silent_or_errored_pyworker_is_not_routed_to(plane: Emulator) -> None:
     report(plane, 1, "http://127.0.0.1:40001", loadtime=1.0)
     report(plane, 2, "http://127.0.0.1:40002", loadtime=1.0, error_msg="CUDA out of memory")
     assert route(plane, {"endpoint": "llm"}).json()["url"].endswith("40001")
-    time.sleep(1.3)  # report_timeout 1 s
+    time.sleep(3.3)  # past report_timeout (3 s): both are stale now
     body = route(plane, {"endpoint": "llm"}).json()
     assert "url" not in body and body["status"] == "Stopped, 2 not reporting"
     states = {pw["id"]: pw["state"] for pw in plane.stats()["endpoints"]["llm"]["pyworkers"]}
@@ -122,8 +122,8 @@ def test_unused_assignments_free_their_slot_after_assignment_ttl() -> None:
     cfg = make_config(endpoints={"llm": {"workers_from": "pyworker", "assignment_ttl": 0.3}})
     with Emulator(cfg) as vast:
         report(vast, 1, "http://127.0.0.1:40001", loadtime=1.0)
+        taken = time.monotonic()  # before the route: its TTL starts after this
         assert "url" in route(vast, {"endpoint": "llm"}).json()
-        taken = time.monotonic()
         assert "url" not in route(vast, {"endpoint": "llm"}).json()
         # Freed by a sweep after the TTL: polled, not guessed.
         until(lambda: route(vast, {"endpoint": "llm"}).json(), lambda a: "url" in a)

@@ -10,7 +10,7 @@ import requests
 
 from dispatcher.emulator import Emulator
 
-from .conftest import FAST, assign, call, make_config
+from .conftest import FAST, assign, call, make_config, until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -112,23 +112,25 @@ def _timed_batch(vast: Emulator, endpoint: str, n: int) -> float:
 
 
 def test_fifo_worker_runs_one_at_a_time_parallel_worker_does_not() -> None:
-    lat = {"kind": "fixed", "seconds": 0.25}
+    # Long enough that all four threads reach the worker while the first is still running.
+    seconds = 1.0
+    lat = {"kind": "fixed", "seconds": seconds}
     cfg = make_config(endpoints={
         "fifo": {"workers": 1, "concurrency": 1, "queue_depth": 4, "latency": lat},
         "par": {"workers": 1, "concurrency": 4, "latency": lat}})
     with Emulator(cfg) as vast:
         serial = _timed_batch(vast, "fifo", 4)
-        assert serial >= 1.0 and vast.stats()["peak_in_flight"] == 1  # one after another
+        assert serial >= 4 * seconds and vast.stats()["peak_in_flight"] == 1  # one by one
         parallel = _timed_batch(vast, "par", 4)
         assert vast.stats()["peak_in_flight"] == 4  # all four at once
         # At once: under the serial time of the same work, however loaded the machine.
-        assert 0.25 <= parallel < 1.0
+        assert seconds <= parallel < 4 * seconds
 
 
 def test_all_busy_means_no_worker_then_admission_control_429() -> None:
     cfg = make_config(endpoints={"ep": {
-        "workers": 1, "concurrency": 1, "queue_depth": 3, "max_queue_time": 0.5,
-        "latency": {"kind": "fixed", "seconds": 0.4}}})
+        "workers": 1, "concurrency": 1, "queue_depth": 3, "max_queue_time": 1.5,
+        "latency": {"kind": "fixed", "seconds": 1.0}}})
     with Emulator(cfg) as vast:
         answers = [route_answer for route_answer in
                    (requests.post(vast.route_url, json={"endpoint": "ep"}, timeout=5,
@@ -141,7 +143,10 @@ def test_all_busy_means_no_worker_then_admission_control_429() -> None:
             futures = []
             for i, a in enumerate(answers[:3]):
                 futures.append(pool.submit(call, a, {"n": i}))
-                time.sleep(0.05)  # arrive in order: 0 s, 0.4 s, then 0.8 s of work ahead
+                if i < 2:  # in order, each seen by the worker before the next is sent:
+                    # 0 s, 1 s, then 2 s of work ahead, while the first's 1 s runs
+                    until(vast.stats, lambda s, n=i + 1: (
+                        s["endpoints"]["ep"]["running"] + s["endpoints"]["ep"]["queued"] == n))
             codes = [f.result().status_code for f in futures]
         assert codes == [200, 200, 429]
         assert "queue time" in futures[2].result().text
@@ -156,15 +161,16 @@ def test_hang_workers_and_hang_rate_never_answer() -> None:
         results = []
         for a in [assign(vast, "h"), assign(vast, "h")]:  # one each: least loaded first
             try:
-                results.append((a["url"], call(a, {"n": a["reqnum"]}, timeout=0.5).status_code))
+                results.append((a["url"], call(a, {"n": a["reqnum"]}, timeout=1.0).status_code))
             except requests.ReadTimeout:
                 results.append((a["url"], "timeout"))
         assert (hung_url, "timeout") in results
         assert any(code == 200 for _, code in results)
         with pytest.raises(requests.ReadTimeout):
-            call(assign(vast, "r"), {"id": "r"}, timeout=0.3)
-        time.sleep(0.1)
-        w = vast.stats()["workers"]
+            call(assign(vast, "r"), {"id": "r"}, timeout=1.0)
+        # The client left: wait for the emulator to see it, not a guessed 0.1 s.
+        w = until(lambda: vast.stats()["workers"],
+                  lambda w: w["in_flight"] == 0 and w["cancelled"] >= 2)
         assert w["hung"] == 2 and w["cancelled"] == 2 and w["in_flight"] == 0
 
 
@@ -174,11 +180,11 @@ def test_a_client_that_leaves_a_fifo_queue_frees_it() -> None:
     with Emulator(cfg) as vast:
         first, second = assign(vast, "f"), assign(vast, "f")
         with pytest.raises(requests.ReadTimeout):
-            call(first, {"id": "1"}, timeout=0.3)
+            call(first, {"id": "1"}, timeout=1.0)
         with pytest.raises(requests.ReadTimeout):
-            call(second, {"id": "2"}, timeout=0.3)
-        time.sleep(0.1)
-        stats = vast.stats()
+            call(second, {"id": "2"}, timeout=1.0)
+        # Both clients left: wait for the emulator to see it, not a guessed 0.1 s.
+        stats = until(vast.stats, lambda s: s["endpoints"]["f"]["outstanding"] == 0)
         assert stats["executions_by_payload"] == {"1": 1, "2": 1}  # each ran once, in turn
         assert stats["endpoints"]["f"]["outstanding"] == 0
 
