@@ -86,7 +86,9 @@ def webhooks_process(env: dict[str, str]) -> Child:
 @pytest.fixture(scope="module")
 def vast() -> Iterator[Emulator]:
     config = EmulatorConfig.from_dict({"api_key": API_KEY, "endpoints": {
-        "hooked": {"workers": 1, "max_workers": 1, "cold_start": 0.1, "concurrency": 16}}})
+        "hooked": {"workers": 1, "max_workers": 1, "cold_start": 0.1, "concurrency": 16},
+        # Never a worker: a job there waits until it is cancelled.
+        "no-gpus": {"workers": 0, "max_workers": 0}}})
     with Emulator(config) as emulator:
         yield emulator
 
@@ -113,6 +115,13 @@ def setup(redis_server: RedisServer, vast: Emulator, receiver: Receiver
         client.close()
         logs = worker.log_text() + hooks.log_text()
     assert SECRET not in logs and API_KEY not in logs
+
+
+def _until_status(client: Client, job_id: str, status: str, timeout: float = 30) -> None:
+    deadline = time.time() + timeout
+    while (job := client.get_job(job_id)).status != status:
+        assert time.time() < deadline, f"never {status}: {job}"
+        time.sleep(0.05)
 
 
 def _hook_settled(client: Client, job_id: str, timeout: float = 30) -> Any:
@@ -264,8 +273,11 @@ def test_event_filter_and_cancel(setup: tuple[Client, Receiver, str]) -> None:
     only_failures = client.submit(ep, {"n": 4}, path="/x", webhook=receiver.url + "/fail-only",
                                   webhook_events=["failed"])
     assert client.wait(only_failures, timeout=30).status == "succeeded"
-    cancelled = client.submit("no-such-endpoint-yet", {"n": 5}, path="/x", max_wait=600,
+    # On an endpoint Vast does not know the job fails at its first route call (a 400),
+    # which could beat the cancel: one with no GPUs keeps it waiting.
+    cancelled = client.submit("no-gpus", {"n": 5}, path="/x", max_wait=600,
                               webhook=receiver.url + "/cancel", webhook_events=["cancelled"])
+    _until_status(client, cancelled, "waiting")
     assert client.cancel(cancelled)
     job = _hook_settled(client, cancelled)
     assert job.webhook_status == "delivered"

@@ -186,6 +186,15 @@ class Launcher:
         (tmp_path / "model_server.py").write_text(MODEL_SERVER)
         (tmp_path / "worker.py").write_text(WORKER_PY)
         self._ids = 100
+        self._ports: set[int] = set()
+
+    def _port(self) -> int:
+        """A free port not handed out before: the children bind theirs seconds later, and
+        until then the kernel may offer the same free port twice."""
+        while (port := free_port()) in self._ports:
+            pass
+        self._ports.add(port)
+        return port
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str], cwd: Path) -> Proc:
         log = self.tmp / f"{name}.log"
@@ -199,7 +208,7 @@ class Launcher:
         return proc
 
     def model(self, delay: float = 0.0) -> Model:
-        port = free_port()
+        port = self._port()
         log_file = self.tmp / f"model-{port}.log"
         proc = self._spawn(f"model-{port}", [sys.executable, str(self.tmp / "model_server.py"),
                                              str(port), str(log_file), str(delay), ON_LOAD],
@@ -209,10 +218,10 @@ class Launcher:
     def pyworker(self, vast: Emulator, model: Model, mtoken: str = "llm",
                  env: dict[str, str] | None = None) -> PyWorkerProc:
         self._ids += 1
-        port = free_port()
+        port = self._port()
         cwd = self.tmp / f"pyworker-{self._ids}"  # its own .has_benchmark file
         cwd.mkdir()
-        full = {**pyworker_env(vast, mtoken, self._ids, model, port, free_port()), **(env or {})}
+        full = {**pyworker_env(vast, mtoken, self._ids, model, port, self._port()), **(env or {})}
         proc = self._spawn(f"pyworker-{self._ids}", [sys.executable, str(self.tmp / "worker.py")],
                            full, cwd)
         return PyWorkerProc(proc, self._ids, port, f"http://127.0.0.1:{port}", full)
