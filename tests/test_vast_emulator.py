@@ -20,7 +20,7 @@ from dispatcher.errors import (
     WorkerUnavailable,
 )
 from dispatcher.vast import Assignment, NoWorker, VastClient
-from tests.emulator.conftest import until
+from tests.poll import until
 
 KEY = "client-vs-emulator-key"
 pytestmark = pytest.mark.timeout(60)

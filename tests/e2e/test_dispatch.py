@@ -10,6 +10,7 @@ import pytest
 from dispatcher.client import Client
 from dispatcher.emulator import Emulator
 from dispatcher.errors import JobNotFound
+from tests.poll import until_status
 
 from .conftest import add_endpoint
 
@@ -24,13 +25,6 @@ def wait_all(client: Client, ids: list[str], timeout: float = 60.0) -> dict:
     return {i: client.wait(i, timeout=timeout) for i in ids}
 
 
-def wait_for_status(client: Client, job_id: str, status: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while client.get_job(job_id).status != status:
-        assert time.monotonic() < deadline, f"{job_id} never reached {status}"
-        time.sleep(0.02)
-
-
 @pytest.mark.parametrize("shape", ["live", "published"])
 def test_cold_start_jobs_wait_then_all_succeed_with_their_own_result(
     client: Client, vast: Emulator, shape: str
@@ -41,7 +35,7 @@ def test_cold_start_jobs_wait_then_all_succeed_with_their_own_result(
                       answer_shape=shape)
     payloads = [payload(n=n) for n in range(20)]
     ids = [client.submit(ep, p, cost=10, path="/v1/completions", max_wait=60) for p in payloads]
-    wait_for_status(client, ids[0], "waiting")
+    until_status(client, ids[0], "waiting")
     waiting = client.get_job(ids[0])
     assert waiting.wait_reason.startswith("no worker available")
     assert waiting.next_poll_at is not None
@@ -126,7 +120,7 @@ def test_cancel_while_waiting(client: Client, vast: Emulator) -> None:
     ep = add_endpoint(vast, workers=0, max_workers=0)
     p = payload()
     job_id = client.submit(ep, p, path="/x", max_wait=60)
-    wait_for_status(client, job_id, "waiting")
+    until_status(client, job_id, "waiting")
     assert client.cancel(job_id)
     assert not client.cancel(job_id)  # already ended
     time.sleep(1.0)  # any in-flight poll ends without reviving it

@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -24,6 +23,7 @@ from dispatcher.emulator import Emulator
 from dispatcher.errors import RetryRefused
 from dispatcher.model import STATUSES, Status
 from dispatcher.store import Store, connect, finish_call, keys
+from tests.poll import until
 
 from .conftest import add_endpoint
 from .test_cli_e2e import cli
@@ -33,14 +33,6 @@ pytestmark = pytest.mark.timeout(180)
 
 def payload(**emulate: Any) -> dict[str, Any]:
     return {"id": uuid.uuid4().hex, "emulate": emulate}
-
-
-def until(check: Callable[[], Any], within: float = 30.0, what: str = "") -> Any:
-    deadline = time.monotonic() + within
-    while not (got := check()):
-        assert time.monotonic() < deadline, what or check
-        time.sleep(0.02)
-    return got
 
 
 def executions(vast: Emulator, p: dict[str, Any]) -> int:
@@ -54,7 +46,7 @@ def interrupted(vast: Emulator, p: dict[str, Any]) -> int:
 def on_gpu(client: Client, vast: Emulator, job_id: str, p: dict[str, Any]) -> None:
     """Wait until the job is running and its GPU call is executing at the worker."""
     until(lambda: client.get_job(job_id).status == "running" and executions(vast, p) == 1,
-          what=f"job {job_id} never got on a GPU")
+          timeout=30, what=f"job {job_id} to get on a GPU")
 
 
 def cli_on_a_terminal(env: dict[str, str], answer: str, *args: str
@@ -84,7 +76,7 @@ def test_cancelling_a_running_job_cuts_its_gpu_call(client: Client, vast: Emulat
     on_gpu(client, vast, job_id, p)
     assert client.cancel(job_id)
     cancelled_at = time.monotonic()
-    until(lambda: interrupted(vast, p), within=10, what="the GPU call was never cut")
+    until(lambda: interrupted(vast, p), timeout=10, what="the GPU call to be cut")
     assert time.monotonic() - cancelled_at < 1.0 + 2.0  # renewals each second; a loaded box
     assert interrupted(vast, p) == 1 and executions(vast, p) == 1
     job = client.get_job(job_id)
@@ -114,7 +106,7 @@ def test_purge_running_asks_counting_them_then_cuts_their_calls(
     yes = cli_on_a_terminal(e2e_env, "y", "purge", ep, "--running")
     assert yes.returncode == 0 and "2 job(s)" in yes.stdout, yes.stderr
     for job_id, p in zip(ids, ps, strict=True):
-        until(lambda p=p: interrupted(vast, p), within=10, what="a purged call ran on")
+        until(lambda p=p: interrupted(vast, p), timeout=10, what="the purged call to be cut")
         job = client.get_job(job_id)
         assert job.status == "cancelled"
         assert job.error == "cancelled by purge; its GPU call was interrupted"
@@ -225,7 +217,8 @@ def test_an_opted_in_timeout_is_rerouted_a_default_one_is_not(
     a = client.submit(ep, opted, path="/generate", timeout=3, retry_on=["worker_timeout"],
                       max_reroutes=2)
     b = client.submit(ep, default, path="/generate", timeout=3)
-    until(lambda: executions(vast, opted) == 1 and executions(vast, default) == 1)
+    until(lambda: executions(vast, opted) == 1 and executions(vast, default) == 1,
+          timeout=30)
     vast.configure({"endpoints": {ep: {"hang_rate": 0.0}}})  # before either times out
     job_a, job_b = client.wait(a, timeout=60), client.wait(b, timeout=60)
     # The opted-in job timed out, was re-routed (a fresh assignment) and ran again.

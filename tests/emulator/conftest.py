@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
-import time
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -15,17 +14,6 @@ from dispatcher.emulator import Emulator, EmulatorConfig
 
 KEY = "emu-test-key"
 FAST = {"kind": "fixed", "seconds": 0.01}
-T = TypeVar("T")
-
-
-def until(read: Callable[[], T], ok: Callable[[T], bool], timeout: float = 10.0) -> T:
-    """Poll ``read`` until ``ok``: a property reached in its own time, not at a guessed
-    moment (a fixed sleep was a flake on a loaded machine)."""
-    deadline = time.monotonic() + timeout
-    while not ok(value := read()):
-        assert time.monotonic() < deadline, value
-        time.sleep(0.02)
-    return value
 
 
 def make_config(seed: int = 3, **top: Any) -> EmulatorConfig:
@@ -103,11 +91,3 @@ def dechunk(body: bytes) -> tuple[list[bytes], bool]:
         body = rest[size + 2:]
     return chunks, False
 
-
-def wait_until(check: Callable[[], Any], timeout: float = 10, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what or check}")

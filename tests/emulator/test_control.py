@@ -10,8 +10,9 @@ import pytest
 import requests
 
 from dispatcher.emulator import ConfigError, Emulator, EmulatorConfig, EndpointConfig
+from tests.poll import until
 
-from .conftest import FAST, KEY, assign, call, make_config, route, until
+from .conftest import FAST, KEY, assign, call, make_config, route
 
 pytestmark = pytest.mark.timeout(60)
 

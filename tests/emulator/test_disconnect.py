@@ -11,8 +11,9 @@ from collections.abc import Iterator
 import pytest
 
 from dispatcher.emulator import Emulator
+from tests.poll import until
 
-from .conftest import FAST, assign, call, make_config, send_raw, wait_until
+from .conftest import FAST, assign, call, make_config, send_raw
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -41,16 +42,16 @@ def test_n_connections_closed_mid_work_are_n_cancellations(vast: Emulator) -> No
 
     for pid, emulate in jobs.items():
         socks.append(send_raw(assign(vast, "w"), {"id": pid, "emulate": emulate}))
-        wait_until(arrived, what=f"{pid} to arrive")  # so they queue in this order
+        until(arrived, what=f"{pid} to arrive")  # so they queue in this order
     assert (endpoint(vast)["running"], endpoint(vast)["queued"]) == (2, 4)
     # The waiting ones first: a running one that stops lets the next in line start.
     for sock in socks[2:]:
         sock.close()
-    wait_until(lambda: endpoint(vast)["queued"] == 0, what="the queue to empty")
+    until(lambda: endpoint(vast)["queued"] == 0, what="the queue to empty")
     for sock in socks[:2]:
         sock.close()
-    wait_until(lambda: endpoint(vast)["outstanding"] == 0 and vast.stats()["in_flight"] == 0,
-               what="the work to stop")
+    until(lambda: endpoint(vast)["outstanding"] == 0 and vast.stats()["in_flight"] == 0,
+          what="the work to stop")
     s = vast.stats()
     assert (s["cancelled_by_client"], s["cancelled_while_queued"], s["cancelled"]) == (6, 4, 2)
     assert s["cancelled_by_payload"] == dict.fromkeys(jobs, 1)
@@ -67,7 +68,7 @@ def test_a_client_leaving_mid_stream_stops_the_stream(vast: Emulator) -> None:
     got = [next(pieces) for _ in range(3)]
     assert got[0].startswith(b'{"i":0,')
     r.close()
-    wait_until(lambda: vast.stats()["in_flight"] == 0, what="the stream to stop")
+    until(lambda: vast.stats()["in_flight"] == 0, what="the stream to stop")
     s = vast.stats()
     assert (s["cancelled_by_client"], s["cancelled_by_payload"], s["streams"],
             s["streams_completed"], s["streams_dropped"]) == (1, {"s": 1}, 1, 0, 0)
@@ -86,7 +87,7 @@ def test_a_client_leaving_a_slow_or_endless_answer_stops_it(vast: Emulator,
     assert sock.recv(1024).startswith(b"HTTP/1.1 200")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     sock.close()  # a reset: the huge answer's unread bytes are dropped, not drained
-    wait_until(lambda: vast.stats()["in_flight"] == 0, what="the answer to stop")
+    until(lambda: vast.stats()["in_flight"] == 0, what="the answer to stop")
     s = vast.stats()
     assert (s["cancelled_by_client"], s["cancelled_by_payload"], s["succeeded"]) == (1, {"x": 1},
                                                                                       0)
@@ -95,10 +96,10 @@ def test_a_client_leaving_a_slow_or_endless_answer_stops_it(vast: Emulator,
 def test_a_worker_stopped_under_its_requests_is_not_the_client_leaving(vast: Emulator) -> None:
     socks = [send_raw(assign(vast, "w"), {"id": f"j{i}", "emulate": {"sleep": 30}})
              for i in range(3)]
-    wait_until(lambda: endpoint(vast)["running"] == 2 and endpoint(vast)["queued"] == 1,
-               what="the requests to arrive")
+    until(lambda: endpoint(vast)["running"] == 2 and endpoint(vast)["queued"] == 1,
+          what="the requests to arrive")
     vast.configure({"action": "stop_all", "endpoint": "w"})
-    wait_until(lambda: vast.stats()["in_flight"] == 0, what="the requests to die")
+    until(lambda: vast.stats()["in_flight"] == 0, what="the requests to die")
     s = vast.stats()
     assert (s["cancelled"], s["cancelled_by_client"], s["cancelled_by_payload"]) == (2, 0, {})
     for sock in socks:

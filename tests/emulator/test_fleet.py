@@ -9,8 +9,9 @@ import pytest
 import requests
 
 from dispatcher.emulator import Emulator
+from tests.poll import until
 
-from .conftest import FAST, assign, call, make_config, route, until
+from .conftest import FAST, assign, call, make_config, route
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -13,8 +13,9 @@ import pytest
 import requests
 
 from dispatcher.emulator import Emulator
+from tests.poll import until
 
-from .conftest import FAST, assign, call, dechunk, make_config, read_all, send_raw, wait_until
+from .conftest import FAST, assign, call, dechunk, make_config, read_all, send_raw
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -69,7 +70,7 @@ def test_body_drip_sends_headers_at_once_then_a_byte_per_interval(vast: Emulator
     assert r.raw.read(1) == b"a"
     assert vast.stats()["in_flight"] == 1  # five bytes still to come
     assert r.raw.read() == b"bcdef"
-    wait_until(lambda: vast.stats()["succeeded"] == 1, what="the last byte")
+    until(lambda: vast.stats()["succeeded"] == 1, what="the last byte")
     assert vast.stats()["in_flight"] == 0
     assert vast.stats()["worker_seconds_by_payload"]["bd"] >= 6 * 0.25
     echo = run(vast, "bd-echo", {"body_drip": {"interval": 0.001}}, timeout=(5, 1))

@@ -14,8 +14,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from dispatcher.emulator import ConfigError, Emulator
+from tests.poll import until
 
-from .conftest import make_config, route, until
+from .conftest import make_config, route
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from dispatcher.emulator import ConfigError, Emulator, EmulatorConfig, expected_stream
+from tests.poll import until
 
 from .conftest import (
     FAST,
@@ -19,7 +20,6 @@ from .conftest import (
     make_config,
     read_all,
     send_raw,
-    wait_until,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -107,7 +107,7 @@ def test_drop_after_resets_the_connection_after_k_pieces_without_a_final_chunk()
     with Emulator(cfg) as vast:
         want = expected_stream("cut-short", cfg.endpoints["s"].stream)
         sock = send_raw(assign(vast, "s"), {"id": "cut-short"})
-        wait_until(lambda: vast.stats()["streams_dropped"] == 1, what="the drop")
+        until(lambda: vast.stats()["streams_dropped"] == 1, what="the drop")
         data, ended = read_all(sock)  # read only now: what was sent is still delivered
         sock.close()
         head, _, body = data.partition(b"\r\n\r\n")

@@ -27,6 +27,7 @@ from dispatcher.errors import InvalidJob
 from dispatcher.store import keys
 from dispatcher.webhooks import verify
 from tests.peer import peer
+from tests.poll import until_status
 
 API_KEY = "hook-vast-key-0a1b"
 SECRET = "hook-signing-secret-9c8d"
@@ -115,13 +116,6 @@ def setup(redis_server: RedisServer, vast: Emulator, receiver: Receiver
         client.close()
         logs = worker.log_text() + hooks.log_text()
     assert SECRET not in logs and API_KEY not in logs
-
-
-def _until_status(client: Client, job_id: str, status: str, timeout: float = 30) -> None:
-    deadline = time.time() + timeout
-    while (job := client.get_job(job_id)).status != status:
-        assert time.time() < deadline, f"never {status}: {job}"
-        time.sleep(0.05)
 
 
 def _hook_settled(client: Client, job_id: str, timeout: float = 30) -> Any:
@@ -277,7 +271,7 @@ def test_event_filter_and_cancel(setup: tuple[Client, Receiver, str]) -> None:
     # which could beat the cancel: one with no GPUs keeps it waiting.
     cancelled = client.submit("no-gpus", {"n": 5}, path="/x", max_wait=600,
                               webhook=receiver.url + "/cancel", webhook_events=["cancelled"])
-    _until_status(client, cancelled, "waiting")
+    until_status(client, cancelled, "waiting", timeout=30)
     assert client.cancel(cancelled)
     job = _hook_settled(client, cancelled)
     assert job.webhook_status == "delivered"

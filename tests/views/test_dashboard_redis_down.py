@@ -5,7 +5,7 @@ reads through a store that fails fast, not one that rides out a restart)."""
 from __future__ import annotations
 
 import signal
-import time
+from collections.abc import Callable
 
 import pytest
 import requests
@@ -14,6 +14,7 @@ from dispatcher.client import Client
 from dispatcher.config import Settings
 from dispatcher.dev.procs import GatewayProcess
 from dispatcher.dev.redis_server import RedisServer
+from tests.poll import until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -24,14 +25,9 @@ def _data(url: str) -> dict:
     return r.json()
 
 
-def _until(url: str, check, timeout: float = 30.0) -> dict:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        doc = _data(url)
-        if check(doc):
-            return doc
-        assert time.monotonic() < deadline, doc
-        time.sleep(0.3)
+def _until(url: str, check: Callable[[dict], object]) -> dict:
+    """The dashboard's data once ``check`` holds for it: read every 0.3 s, up to 30 s."""
+    return until(lambda: _data(url), check, timeout=30.0, every=0.3)
 
 
 def test_dashboard_when_redis_stops_and_comes_back() -> None:
