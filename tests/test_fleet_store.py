@@ -469,11 +469,10 @@ def test_a_limit_whose_burst_inflated_the_first_figure_is_not_taken_for_noise(
     bucket = {"tokens": 8.0, "at": clock.t}
 
     def refused(_: int) -> bool:
-        b = bucket
-        b["tokens"] = min(8.0, b["tokens"] + 8.0 * (clock.t - b["at"]))
-        b["at"] = clock.t
-        if b["tokens"] >= 1:
-            b["tokens"] -= 1
+        bucket["tokens"] = min(8.0, bucket["tokens"] + 8.0 * (clock.t - bucket["at"]))
+        bucket["at"] = clock.t
+        if bucket["tokens"] >= 1:
+            bucket["tokens"] -= 1
             return False
         return True
 

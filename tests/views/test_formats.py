@@ -34,7 +34,7 @@ console.log(JSON.stringify(vs.map((v) => [seconds(v), rate(v)])));
     out = subprocess.run(["node", "-e", script], capture_output=True, text=True, timeout=30,
                          check=True).stdout
     js = json.loads(out)
-    differ = [(v, j, [seconds(v), rate(v)]) for v, j in zip(VALUES, js, strict=True)
-              if j != [seconds(v), rate(v)]]
+    py = [[seconds(v), rate(v)] for v in VALUES]
+    differ = [(v, j, p) for v, j, p in zip(VALUES, js, py, strict=True) if j != p]
     assert differ == [], differ[:10]
     assert seconds(0.0525) == "53ms" and rate(4.05) == "4.1"  # halves go up, as in JS
